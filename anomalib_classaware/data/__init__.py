@@ -1,0 +1,25 @@
+"""Multi-class datamodules: every item and batch carries ``category`` and ``category_id``."""
+
+from anomalib_classaware.data.benchmarks import MultiClassMVTecAD, MultiClassVisa
+from anomalib_classaware.data.dataclasses import MultiClassImageBatch, MultiClassImageItem
+from anomalib_classaware.data.dataset import MultiClassDataset, MultiClassSyntheticDataset
+from anomalib_classaware.data.demo import MultiClassDemo
+from anomalib_classaware.data.multiclass import MultiClassDataModule, MultiClassFolder
+from anomalib_classaware.data.samples import CategoryIndex
+
+# the concrete datamodules the plugin exposes to anomalib's CLI and `get_datamodule`
+DATAMODULES = ("MultiClassDemo", "MultiClassFolder", "MultiClassMVTecAD", "MultiClassVisa")
+
+__all__ = [
+    "DATAMODULES",
+    "CategoryIndex",
+    "MultiClassDataModule",
+    "MultiClassDataset",
+    "MultiClassDemo",
+    "MultiClassFolder",
+    "MultiClassImageBatch",
+    "MultiClassImageItem",
+    "MultiClassMVTecAD",
+    "MultiClassSyntheticDataset",
+    "MultiClassVisa",
+]

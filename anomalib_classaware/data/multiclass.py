@@ -1,0 +1,147 @@
+"""One datamodule for several categories: ``MultiClassFolder`` and its base class.
+
+anomalib's datamodules hold one ``category`` each (a list fails to parse: anomalib #2925,
+#2973). Here ``categories`` is a list; every item carries ``category``/``category_id``; the
+``category_names`` list (ordered by id) is what models save with their hyperparameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from anomalib.data.datamodules.base.image import AnomalibDataModule
+from anomalib.data.utils import TestSplitMode, ValSplitMode
+from anomalib.data.utils.split import random_split, split_by_label
+from torchvision.transforms.v2 import Transform
+
+from anomalib_classaware.data.dataset import MultiClassDataset, MultiClassSyntheticDataset
+from anomalib_classaware.data.samples import CategoryIndex, make_multiclass_samples, resolve_categories
+
+logger = logging.getLogger(__name__)
+
+UNIFIED = "unified"
+
+
+class MultiClassDataModule(AnomalibDataModule):
+    """Base datamodule over ``<root>/<category>/`` folders in MVTec layout.
+
+    Subclasses set :attr:`valid_categories` (``None``: every sub-folder of ``root``) and may
+    override :meth:`prepare_data` (download or generation). ``category`` is ``"unified"`` (it
+    names anomalib's results folder); ``name`` is the root folder's name, so anomalib's
+    visualizer keeps ``<category>/test/<defect>/<file>`` and categories never overwrite each
+    other's images.
+    """
+
+    valid_categories: Sequence[str] | None = None
+
+    def __init__(
+        self,
+        root: Path | str,
+        categories: Sequence[str] | None = None,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 4,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
+        test_split_ratio: float = 0.2,
+        val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
+        val_split_ratio: float = 0.5,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            test_split_mode=test_split_mode,
+            test_split_ratio=test_split_ratio,
+            val_split_mode=val_split_mode,
+            val_split_ratio=val_split_ratio,
+            seed=seed,
+        )
+        self.root = Path(root)
+        if isinstance(categories, str):
+            categories = [categories]
+        self._requested_categories = list(categories) if categories is not None else None
+        if self.valid_categories is not None:  # fixed list (MVTec AD, VisA): check before any download
+            self._check_categories()
+        self.category = UNIFIED
+
+    def _check_categories(self) -> list[str]:
+        return resolve_categories(self.data_root, self._requested_categories, self.valid_categories)
+
+    @property
+    def data_root(self) -> Path:
+        """The folder that holds one sub-folder per category."""
+        return self.root
+
+    @property
+    def name(self) -> str:
+        """The dataset folder's name (used by anomalib for results and visualisation paths)."""
+        return self.root.resolve().name or self.__class__.__name__
+
+    @property
+    def categories(self) -> list[str]:
+        """The categories this datamodule trains and tests on, in the order given (or sorted)."""
+        return self._check_categories()
+
+    @property
+    def category_index(self) -> CategoryIndex:
+        """Stable name <-> id mapping (ids follow sorted names)."""
+        return CategoryIndex(self.categories)
+
+    @property
+    def category_names(self) -> list[str]:
+        """Category names ordered by ``category_id``."""
+        return self.category_index.names
+
+    def prepare_data(self) -> None:
+        """Check that the root and every requested category exist (errors name the path)."""
+        self._check_categories()
+
+    def _setup(self, _stage: str | None = None) -> None:
+        categories = self.categories
+        index = CategoryIndex(categories)
+        logger.info("Multi-class data: %d categories from %s: %s", len(categories), self.data_root, categories)
+        self.train_data = MultiClassDataset(make_multiclass_samples(self.data_root, categories, index, "train"), self.name)
+        self.test_data = MultiClassDataset(make_multiclass_samples(self.data_root, categories, index, "test"), self.name)
+
+    # anomalib's synthetic splits rebuild plain items; use the per-category synthetic dataset instead.
+    def _create_test_split(self) -> None:
+        if self.test_split_mode != TestSplitMode.SYNTHETIC:
+            super()._create_test_split()
+            return
+        if self.test_data.has_normal:
+            normal_test_data, _ = split_by_label(self.test_data)
+        else:
+            self.train_data, normal_test_data = random_split(self.train_data, self.test_split_ratio, seed=self.seed)
+        self.test_data = MultiClassSyntheticDataset.from_dataset(normal_test_data)
+
+    def _create_val_split(self) -> None:
+        if self.val_split_mode != ValSplitMode.SYNTHETIC:
+            super()._create_val_split()
+            return
+        self.train_data, normal_val_data = random_split(self.train_data, self.val_split_ratio, seed=self.seed)
+        self.val_data = MultiClassSyntheticDataset.from_dataset(normal_val_data)
+
+
+class MultiClassFolder(MultiClassDataModule):
+    """Several categories of your own data, one sub-folder each, in MVTec layout.
+
+    Args:
+        root: Folder holding ``<category>/train/good``, ``<category>/test/good``,
+            ``<category>/test/<defect_type>/`` (any number) and optionally
+            ``<category>/ground_truth/<defect_type>/<name>_mask.png``.
+        categories: Sub-folders to use; ``None`` uses every sub-folder.
+
+    Example:
+        >>> datamodule = MultiClassFolder(root="./my_parts", categories=["bolt", "washer"])
+    """

@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny MVTec-layout datasets written into tmp folders (no data in the repo)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Keep tests single-threaded and quiet: CI has 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def write_mvtec_category(
+    root: Path,
+    category: str,
+    *,
+    num_train: int = 4,
+    num_good: int = 2,
+    defects: Sequence[str] = ("scratch",),
+    num_per_defect: int = 2,
+    size: int = 32,
+    masks: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write one category in MVTec layout with smooth random images and square defects."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(60, 190, size=3)
+
+    def normal() -> np.ndarray:
+        noise = rng.normal(0, 6, size=(size, size, 3))
+        return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+    category_root = root / category
+    for split, count in (("train", num_train), ("test", num_good)):
+        folder = category_root / split / "good"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(normal()).save(folder / f"{i:03d}.png")
+    for defect in defects:
+        folder = category_root / "test" / defect
+        folder.mkdir(parents=True, exist_ok=True)
+        if masks:
+            (category_root / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+        for i in range(num_per_defect):
+            image, mask = normal(), np.zeros((size, size), np.uint8)
+            y, x = rng.integers(0, size // 2, size=2)
+            image[y : y + size // 4, x : x + size // 4] = 255
+            mask[y : y + size // 4, x : x + size // 4] = 255
+            Image.fromarray(image).save(folder / f"{i:03d}.png")
+            if masks:
+                Image.fromarray(mask).save(category_root / "ground_truth" / defect / f"{i:03d}_mask.png")
+    return category_root
+
+
+@pytest.fixture
+def mvtec_tree(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``mvtec_tree(["a", "b"], **kwargs)`` writes categories under ``tmp_path/dataset``."""
+
+    def make(categories: Sequence[str] = ("alpha", "beta"), **kwargs: object) -> Path:
+        root = tmp_path / "dataset"
+        for index, name in enumerate(categories):
+            write_mvtec_category(root, name, seed=index, **kwargs)  # type: ignore[arg-type]
+        return root
+
+    return make
