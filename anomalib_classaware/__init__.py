@@ -18,7 +18,15 @@ _LAZY: dict[str, str] = {
     "ReContrast": "anomalib_classaware.models",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+__all__ = [
+    "MultiClassDemo",
+    "MultiClassFolder",
+    "MultiClassMVTecAD",
+    "MultiClassVisa",
+    "PerCategoryEvaluator",
+    "ReContrast",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from anomalib_classaware.data import MultiClassDemo, MultiClassFolder, MultiClassMVTecAD, MultiClassVisa
@@ -28,7 +36,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
-        import importlib  # noqa: PLC0415 - deferred: this package is imported at every interpreter start
+        import importlib  # deferred: this package is imported at every interpreter start
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     msg = f"module {__name__!r} has no attribute {name!r}"

@@ -54,7 +54,7 @@ def load_plugins() -> list[str]:
                 if callable(register):
                     register()
                 loaded.append(entry_point.name)
-            except Exception as error:  # noqa: BLE001 - a broken plugin must never crash anomalib
+            except Exception as error:  # a broken plugin must never crash anomalib
                 warnings.warn(
                     f"anomalib plugin {entry_point.name!r} ({entry_point.value}) failed to load and is skipped: "
                     f"{type(error).__name__}: {error}. Set {DISABLE_ENV_VAR}=1 to disable plugin autoloading.",
@@ -95,9 +95,7 @@ class _LoaderWrapper:
 class _AnomalibImportWatcher:
     """A meta-path finder that only wraps the loaders of the trigger modules."""
 
-    def find_spec(
-        self, fullname: str, path: "Any" = None, target: "ModuleType | None" = None
-    ) -> "ModuleSpec | None":
+    def find_spec(self, fullname: str, path: "Any" = None, target: "ModuleType | None" = None) -> "ModuleSpec | None":
         if fullname not in TRIGGER_MODULES or _state["loaded"]:
             return None
         for finder in sys.meta_path:

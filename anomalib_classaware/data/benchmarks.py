@@ -22,6 +22,7 @@ class MultiClassMVTecAD(MultiClassDataModule):
 
     Example:
         >>> datamodule = MultiClassMVTecAD(root="./datasets/MVTecAD", categories=["bottle", "cable"])
+
     """
 
     valid_categories = MVTEC_CATEGORIES
@@ -53,7 +54,7 @@ class MultiClassVisa(MultiClassDataModule):
 
     @property
     def data_root(self) -> Path:
-        """anomalib's split of VisA, in MVTec layout."""
+        """Anomalib's split of VisA, in MVTec layout."""
         return self.root / "visa_pytorch"
 
     def prepare_data(self) -> None:

@@ -49,6 +49,7 @@ class MultiClassDataset(_CategoryItemMixin, AnomalibDataset):
 
     @property
     def name(self) -> str:
+        """Dataset name: the dataset root folder's name."""
         return self._name
 
     @property

@@ -43,6 +43,7 @@ class MultiClassDemo(MultiClassDataModule):
         >>> from anomalib.engine import Engine
         >>> from anomalib.models import ReverseDistillation
         >>> Engine(max_epochs=1).train(ReverseDistillation(), datamodule=MultiClassDemo())
+
     """
 
     valid_categories = DEMO_CATEGORIES

@@ -111,8 +111,12 @@ class MultiClassDataModule(AnomalibDataModule):
         categories = self.categories
         index = CategoryIndex(categories)
         logger.info("Multi-class data: %d categories from %s: %s", len(categories), self.data_root, categories)
-        self.train_data = MultiClassDataset(make_multiclass_samples(self.data_root, categories, index, "train"), self.name)
-        self.test_data = MultiClassDataset(make_multiclass_samples(self.data_root, categories, index, "test"), self.name)
+        self.train_data = MultiClassDataset(
+            make_multiclass_samples(self.data_root, categories, index, "train"), self.name
+        )
+        self.test_data = MultiClassDataset(
+            make_multiclass_samples(self.data_root, categories, index, "test"), self.name
+        )
 
     # anomalib's synthetic splits rebuild plain items; use the per-category synthetic dataset instead.
     def _create_test_split(self) -> None:
@@ -144,4 +148,5 @@ class MultiClassFolder(MultiClassDataModule):
 
     Example:
         >>> datamodule = MultiClassFolder(root="./my_parts", categories=["bolt", "washer"])
+
     """

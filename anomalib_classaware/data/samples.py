@@ -74,6 +74,7 @@ def resolve_categories(root: Path, categories: Sequence[str] | None, valid: Sequ
 
     Raises:
         ValueError: naming the unknown categories and listing the valid ones.
+
     """
     if isinstance(categories, str):
         categories = [categories]

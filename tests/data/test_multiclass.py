@@ -42,7 +42,9 @@ def test_batches_carry_category_and_id(mvtec_tree) -> None:
     assert datamodule.categories == ["zeta", "alpha"]
     train = [batch for batch in datamodule.train_dataloader()]
     assert all(isinstance(batch, MultiClassImageBatch) for batch in train)
-    pairs = {(name, int(index)) for batch in train for name, index in zip(batch.category, batch.category_id)}
+    pairs = {
+        (name, int(index)) for batch in train for name, index in zip(batch.category, batch.category_id, strict=True)
+    }
     assert pairs == {("alpha", 0), ("zeta", 1)}
     assert sum(len(batch.image) for batch in train) == 8
     test_batches = list(datamodule.test_dataloader())
@@ -82,8 +84,9 @@ def test_visualizer_paths_keep_category(mvtec_tree) -> None:
     same_name = [item for item in items if Path(item.image_path).name == "000.png" and "scratch" in item.image_path]
     assert len(same_name) == 2
     outputs = {
-        generate_output_filename(item.image_path, "/out", dataset_name=datamodule.name, category=datamodule.category,
-                                 mkdir=False)
+        generate_output_filename(
+            item.image_path, "/out", dataset_name=datamodule.name, category=datamodule.category, mkdir=False
+        )
         for item in same_name
     }
     assert outputs == {Path("/out/a/test/scratch/000.png"), Path("/out/b/test/scratch/000.png")}
