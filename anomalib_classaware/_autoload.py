@@ -4,9 +4,11 @@ anomalib 2.7 has no plugin mechanism: its CLI resolves ``--model X`` only among 
 ``AnomalibModule`` subclasses already imported when the command line is parsed. The wheel
 therefore ships ``anomalib_classaware_autoload.pth``, which Python's ``site`` module runs at
 every interpreter start. It calls :func:`install`, which only appends a tiny finder to
-``sys.meta_path`` (standard library only, no torch, no anomalib). When ``anomalib.models`` or
-``anomalib.data`` finishes importing, the finder loads every entry point of the
-``anomalib.plugins`` group once, so our models and datamodules become visible by short name.
+``sys.meta_path`` (standard library only, no torch, no anomalib). It watches ``anomalib``
+modules only; as soon as one of ``anomalib.models``/``anomalib.data``/``anomalib.metrics`` has
+been imported and no ``anomalib`` module is still half-imported (whatever the import order),
+it loads every entry point of the ``anomalib.plugins`` group once, so our models and
+datamodules become visible by short name before anomalib's CLI parses the command line.
 
 Set ``ANOMALIB_DISABLE_PLUGIN_AUTOLOAD=1`` to switch this off. A plugin that fails to load
 produces a warning that names it; anomalib itself keeps working.
@@ -24,9 +26,9 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "anomalib.plugins"
 DISABLE_ENV_VAR = "ANOMALIB_DISABLE_PLUGIN_AUTOLOAD"
-TRIGGER_MODULES = ("anomalib.models", "anomalib.data")
+TRIGGER_MODULES = ("anomalib.models", "anomalib.data", "anomalib.metrics")
 
-_state = {"loaded": False, "loading": False}
+_state = {"loaded": False, "loading": False, "depth": 0}
 
 
 def autoload_disabled() -> bool:
@@ -67,14 +69,16 @@ def load_plugins() -> list[str]:
     return loaded
 
 
-def _partially_imported(name: str) -> bool:
-    module = sys.modules.get(name)
-    spec = getattr(module, "__spec__", None)
-    return module is not None and bool(getattr(spec, "_initializing", False))
+def _is_anomalib(name: str) -> bool:
+    return name == "anomalib" or name.startswith("anomalib.")
 
 
 class _LoaderWrapper:
-    """Delegate to the real loader, then load the plugins once the trigger module is complete."""
+    """Delegate to the real loader; count anomalib modules being executed; load plugins when it is safe.
+
+    "Safe" means: no ``anomalib`` module is half-imported (a plugin importing a half-initialised
+    ``anomalib.metrics`` would fail) and one of :data:`TRIGGER_MODULES` has been imported.
+    """
 
     def __init__(self, loader: "Loader") -> None:
         self._loader = loader
@@ -83,20 +87,29 @@ class _LoaderWrapper:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: "ModuleType") -> None:
-        self._loader.exec_module(module)
-        # If the other trigger module is half-imported (it imported this one), wait for it to finish.
-        if not any(_partially_imported(name) for name in TRIGGER_MODULES if name != module.__name__):
-            load_plugins()
+        _state["depth"] += 1
+        try:
+            self._loader.exec_module(module)
+        finally:
+            _state["depth"] -= 1
+        if _state["depth"] or _state["loaded"] or not any(name in sys.modules for name in TRIGGER_MODULES):
+            return
+        # importlib binds `anomalib.x` on its parent only after exec_module returns; plugins that
+        # `import anomalib.x` right now need that binding, so make it first (same object, same name).
+        parent, _, child = module.__name__.rpartition(".")
+        if parent in sys.modules:
+            setattr(sys.modules[parent], child, module)
+        load_plugins()
 
     def __getattr__(self, name: str) -> "Any":  # get_resource_reader, is_package, ...
         return getattr(self._loader, name)
 
 
 class _AnomalibImportWatcher:
-    """A meta-path finder that only wraps the loaders of the trigger modules."""
+    """A meta-path finder that wraps the loaders of ``anomalib`` modules until the plugins are loaded."""
 
     def find_spec(self, fullname: str, path: "Any" = None, target: "ModuleType | None" = None) -> "ModuleSpec | None":
-        if fullname not in TRIGGER_MODULES or _state["loaded"]:
+        if _state["loaded"] or not _is_anomalib(fullname):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):

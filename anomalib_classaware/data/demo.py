@@ -69,6 +69,7 @@ class MultiClassDemo(MultiClassDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        per_category_metrics: bool = True,
     ) -> None:
         if root is None:
             variant = f"{image_size}px-seed{generation_seed}-{num_train}-{num_test_good}-{num_test_defective}"
@@ -88,6 +89,7 @@ class MultiClassDemo(MultiClassDataModule):
             val_split_mode=val_split_mode,
             val_split_ratio=val_split_ratio,
             seed=seed,
+            per_category_metrics=per_category_metrics,
         )
         self.image_size = image_size
         self.num_train = num_train

@@ -14,10 +14,13 @@ from pathlib import Path
 from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.utils import TestSplitMode, ValSplitMode
 from anomalib.data.utils.split import random_split, split_by_label
+from anomalib.metrics import Evaluator
+from lightning.pytorch import Trainer
 from torchvision.transforms.v2 import Transform
 
 from anomalib_classaware.data.dataset import MultiClassDataset, MultiClassSyntheticDataset
 from anomalib_classaware.data.samples import CategoryIndex, make_multiclass_samples, resolve_categories
+from anomalib_classaware.metrics import PerCategoryEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,9 @@ UNIFIED = "unified"
 
 class MultiClassDataModule(AnomalibDataModule):
     """Base datamodule over ``<root>/<category>/`` folders in MVTec layout.
+
+    ``per_category_metrics=True`` (default) gives the model a per-category evaluator at setup, so
+    any anomalib model reports ``<category>/<metric>`` and ``mean/<metric>`` with this data.
 
     Subclasses set :attr:`valid_categories` (``None``: every sub-folder of ``root``) and may
     override :meth:`prepare_data` (download or generation). ``category`` is ``"unified"`` (it
@@ -52,6 +58,7 @@ class MultiClassDataModule(AnomalibDataModule):
         val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
         val_split_ratio: float = 0.5,
         seed: int | None = None,
+        per_category_metrics: bool = True,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -74,6 +81,7 @@ class MultiClassDataModule(AnomalibDataModule):
         if self.valid_categories is not None:  # fixed list (MVTec AD, VisA): check before any download
             self._check_categories()
         self.category = UNIFIED
+        self.per_category_metrics = per_category_metrics
 
     def _check_categories(self) -> list[str]:
         return resolve_categories(self.data_root, self._requested_categories, self.valid_categories)
@@ -107,6 +115,12 @@ class MultiClassDataModule(AnomalibDataModule):
         """Check that the root and every requested category exist (errors name the path)."""
         self._check_categories()
 
+    def setup(self, stage: str | None = None) -> None:
+        """Set up the datasets, then give the model a per-category evaluator (:func:`attach_per_category_evaluator`)."""
+        super().setup(stage)
+        if self.per_category_metrics and self.trainer is not None:
+            attach_per_category_evaluator(self.trainer)
+
     def _setup(self, _stage: str | None = None) -> None:
         categories = self.categories
         index = CategoryIndex(categories)
@@ -135,6 +149,23 @@ class MultiClassDataModule(AnomalibDataModule):
             return
         self.train_data, normal_val_data = random_split(self.train_data, self.val_split_ratio, seed=self.seed)
         self.val_data = MultiClassSyntheticDataset.from_dataset(normal_val_data)
+
+
+def attach_per_category_evaluator(trainer: Trainer) -> None:
+    """Swap the model's evaluator for a :class:`PerCategoryEvaluator` that keeps its metrics (idempotent).
+
+    This is how any anomalib model (``ReverseDistillation``, ``Patchcore``...) reports per-category
+    and mean metrics with our datamodules. It runs in ``datamodule.setup``, which Lightning calls
+    after the model's callbacks are attached and before their own ``setup``.
+    """
+    model = trainer.lightning_module
+    evaluator = getattr(model, "evaluator", None)
+    if not isinstance(evaluator, Evaluator) or isinstance(evaluator, PerCategoryEvaluator):
+        return
+    per_category = PerCategoryEvaluator.from_evaluator(evaluator)
+    model.evaluator = per_category
+    trainer.callbacks = [per_category if callback is evaluator else callback for callback in trainer.callbacks]
+    logger.info("%s reports per-category metrics through PerCategoryEvaluator.", type(model).__name__)
 
 
 class MultiClassFolder(MultiClassDataModule):

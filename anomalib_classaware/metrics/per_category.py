@@ -1,0 +1,614 @@
+"""Per-category evaluation for multi-class ("unified") anomaly detection.
+
+The number reported in the multi-class literature is the *mean of per-category metrics*,
+not a metric pooled over all test images (pooling mixes the score scales of different
+categories). :class:`PerCategoryEvaluator` is an anomalib :class:`~anomalib.metrics.Evaluator`
+that keeps, at test time, one metric set per category:
+
+========================  ==========================================  ============================
+name                      what                                        batch fields
+========================  ==========================================  ============================
+``image_AUROC``           image-level AUROC                           ``pred_score``, ``gt_label``
+``image_F1Max``           image-level F1 at the best threshold        ``pred_score``, ``gt_label``
+``pixel_AUROC``           pixel-level AUROC                           ``anomaly_map``, ``gt_mask``
+``pixel_AUPRO``           area under the PRO curve up to FPR 0.3      ``anomaly_map``, ``gt_mask``
+========================  ==========================================  ============================
+
+At the end of the test epoch it logs ``<category>/<metric>`` and ``mean/<metric>`` (the mean
+over categories, NaN ignored), prints one table, writes ``per_category_metrics.csv`` into the
+run's results folder and keeps the numbers in :attr:`PerCategoryEvaluator.last_results`.
+
+Scores are used as they are (no sigmoid), so the metrics are also correct for unnormalised
+scores, e.g. with anomalib's post-processor normalisation switched off.
+
+Units: logged values, :attr:`~PerCategoryEvaluator.last_results` and the CSV hold fractions
+in ``[0, 1]`` (like anomalib's own metrics); the printed table shows percent with one decimal,
+as papers do.
+
+The category of each sample is read from the batch field ``category`` (``list[str]``), or,
+failing that, ``category_id`` (named ``str(id)``). Batches without either (plain anomalib
+datamodules) form one category named after ``trainer.datamodule.category`` or ``"all"``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from anomalib.metrics import AUPRO, AUROC, AnomalibMetric, Evaluator, F1Max
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+from torchmetrics import Metric
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+IMAGE_METRICS: tuple[str, ...] = ("image_AUROC", "image_F1Max")
+PIXEL_METRICS: tuple[str, ...] = ("pixel_AUROC", "pixel_AUPRO")
+METRIC_NAMES: tuple[str, ...] = IMAGE_METRICS + PIXEL_METRICS
+MEAN_KEY = "mean"
+DEFAULT_CATEGORY = "all"
+CSV_FILENAME = "per_category_metrics.csv"
+
+PerCategoryResults = dict[str, dict[str, float]]
+"""``{category: {metric: value}}``, categories in report order, ``"mean"`` last."""
+
+_IMAGE_FIELDS = ("pred_score", "gt_label")
+_PIXEL_FIELDS = ("anomaly_map", "gt_mask")
+
+
+class _BinaryCounts(Metric):
+    """Number of positive and negative targets seen (summed across processes)."""
+
+    full_state_update = False
+    pos: torch.Tensor
+    neg: torch.Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("pos", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("neg", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, target: torch.Tensor) -> None:
+        """Count the positive (> 0.5) and negative entries of ``target``."""
+        positives = int((target > 0.5).sum())
+        self.pos += positives
+        self.neg += target.numel() - positives
+
+    def compute(self) -> tuple[int, int]:
+        """Return ``(positives, negatives)``."""
+        return int(self.pos), int(self.neg)
+
+
+class CategoryMetrics(nn.Module):
+    """The metric set of one category.
+
+    Args:
+        category: Category name (used in warnings).
+        pixel_metrics: Whether to create the pixel-level metrics.
+        fpr_limit: FPR limit of AUPRO.
+
+    """
+
+    def __init__(self, category: str, pixel_metrics: bool = True, fpr_limit: float = 0.3) -> None:
+        super().__init__()
+        self.category = category
+        self.image_counts = _BinaryCounts()
+        # ``normalization=None``: torchmetrics would otherwise apply a sigmoid to every update whose
+        # scores leave [0, 1] (so batches would be scaled inconsistently when scores are unnormalised).
+        self.image_metrics = nn.ModuleDict(
+            {
+                "image_AUROC": AUROC(fields=list(_IMAGE_FIELDS), prefix="image_", normalization=None),
+                "image_F1Max": F1Max(fields=list(_IMAGE_FIELDS), prefix="image_"),
+            },
+        )
+        self.pixel_counts: _BinaryCounts | None = None
+        self.pixel_metrics: nn.ModuleDict | None = None
+        if pixel_metrics:
+            self.pixel_counts = _BinaryCounts()
+            self.pixel_metrics = nn.ModuleDict(
+                {
+                    "pixel_AUROC": AUROC(fields=list(_PIXEL_FIELDS), prefix="pixel_", normalization=None),
+                    "pixel_AUPRO": AUPRO(fields=list(_PIXEL_FIELDS), prefix="pixel_", fpr_limit=fpr_limit),
+                },
+            )
+        # AUPRO registers ``fpr_limit`` as a persistent buffer; metric sets are created lazily,
+        # so nothing of them may enter the model's state_dict (strict checkpoint loading).
+        for module in self.modules():
+            module._non_persistent_buffers_set.update(module._buffers.keys())
+
+    def update(self, batch: Any) -> None:
+        """Update with the samples of ``batch`` (any object with the batch fields as attributes)."""
+        if all(getattr(batch, name, None) is not None for name in _IMAGE_FIELDS):
+            self.image_counts.update(batch.gt_label)
+            for metric in self.image_metrics.values():
+                metric.update(batch)
+        if self.pixel_metrics is not None and all(getattr(batch, name, None) is not None for name in _PIXEL_FIELDS):
+            self.pixel_counts.update(batch.gt_mask)  # type: ignore[union-attr]
+            for metric in self.pixel_metrics.values():
+                metric.update(batch)
+
+    def compute(self) -> dict[str, float]:
+        """Compute the metrics that received data.
+
+        A metric group whose targets are all of one class is undefined: its values are NaN
+        and a warning names the category. Groups that never received data are left out.
+
+        Returns:
+            ``{metric_name: value}``, values as fractions in ``[0, 1]``.
+
+        """
+        results: dict[str, float] = {}
+        groups = [("images", self.image_counts, self.image_metrics)]
+        if self.pixel_metrics is not None and self.pixel_counts is not None:
+            groups.append(("pixels", self.pixel_counts, self.pixel_metrics))
+        for unit, counts, metrics in groups:
+            positives, negatives = counts.compute()
+            if positives + negatives == 0:
+                continue
+            if positives == 0 or negatives == 0:
+                kind = "normal" if positives == 0 else "anomalous"
+                warnings.warn(
+                    f"Category {self.category!r}: all test {unit} are {kind}; "
+                    f"{', '.join(metrics.keys())} undefined and reported as NaN.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                results.update(dict.fromkeys(metrics.keys(), math.nan))
+                continue
+            for name, metric in metrics.items():
+                results[name] = float(metric.compute())
+        return results
+
+
+class _CategoryMetricsDict(nn.ModuleDict):
+    """``ModuleDict`` of :class:`CategoryMetrics` that never takes part in checkpoints.
+
+    Its children have no persistent state, so it adds no keys to a ``state_dict``; keys found
+    under it in a checkpoint (e.g. written by other code) are ignored instead of failing a
+    strict load.
+    """
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # ``state_dict`` is the loader's private copy; the children are loaded from it afterwards.
+        for key in [key for key in state_dict if key.startswith(prefix)]:
+            del state_dict[key]
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
+        )
+
+
+class PerCategoryEvaluator(Evaluator):
+    """Evaluator that computes test metrics per category and their mean.
+
+    Validation metrics (and any pooled ``test_metrics`` passed in) behave exactly as in
+    anomalib's :class:`~anomalib.metrics.Evaluator`. In addition, at test time one metric set
+    (image AUROC, image F1Max, pixel AUROC, AUPRO) is kept per category, created when a category
+    first appears. At the end of the test epoch the evaluator
+
+    * logs ``<category>/<metric>`` and ``mean/<metric>`` with ``pl_module.log`` (fractions);
+      ``mean`` is the mean over categories, ignoring NaN;
+    * prints a table (rows: categories and ``mean``; values in percent, one decimal) on global
+      rank zero, through ``rich`` when it is installed;
+    * writes ``per_category_metrics.csv`` (fractions, six decimals, last row ``mean``) into
+      ``results_dir`` or else ``trainer.default_root_dir``. anomalib's ``Engine`` sets that to
+      the run's versioned folder ``results/<Model>/<Dataset>/<category>/vN``; a test-only run
+      (``anomalib test``) reuses the latest version folder, so a CSV from an earlier test of the
+      same run is overwritten (with an info message);
+    * stores the numbers in :attr:`last_results`.
+
+    Pixel metrics are computed only for batches carrying both ``anomaly_map`` and ``gt_mask``;
+    their columns are omitted when no category had any. A metric whose targets within a
+    category are all of one class is NaN, with a warning naming the category.
+
+    Predictions are read from the test step's ``outputs`` when it is a batch object (the object
+    anomalib's post-processor normalises), otherwise from ``batch``; categories from whichever
+    of the two has them.
+
+    Memory: pixel AUROC and AUPRO each keep every pixel of every anomaly map (float32) and mask
+    (bool) until the epoch ends, as anomalib's pixel metrics do: 10 bytes per test pixel, about
+    1.1 GB for MVTec AD at 256 x 256 (host memory with ``compute_on_cpu=True``). Computing one
+    category temporarily needs a few times that category's share (sorting). Use
+    ``pixel_metrics=False`` to skip them. The metric sets are discarded after the epoch.
+
+    Distributed runs: the per-category states are torchmetrics metrics, so ``compute()``
+    synchronises them across processes; every process must however see every category (category
+    discovery is not synchronised).
+
+    Checkpoints: the per-category metrics hold no persistent state, so they add no keys to the
+    model's ``state_dict`` and strict ``load_from_checkpoint`` works before and after testing.
+
+    Args:
+        val_metrics: Validation metrics, as for :class:`~anomalib.metrics.Evaluator`.
+        test_metrics: Additional pooled test metrics, as for :class:`~anomalib.metrics.Evaluator`.
+        compute_on_cpu: Keep metric states on the CPU when a single device is used.
+        pixel_metrics: Compute ``pixel_AUROC`` and ``pixel_AUPRO``.
+        fpr_limit: FPR limit of AUPRO.
+        print_table: Print the table at the end of the test epoch.
+        save_csv: Write the CSV at the end of the test epoch.
+        results_dir: Folder for the CSV; defaults to ``trainer.default_root_dir``.
+        csv_filename: File name of the CSV.
+
+    Attributes:
+        last_results: Results of the last test epoch (see :data:`PerCategoryResults`); empty
+            before the first one.
+        last_csv_path: Path of the last CSV written, or ``None``.
+
+    Example:
+        >>> evaluator = PerCategoryEvaluator()
+        >>> model = Padim(evaluator=evaluator)  # doctest: +SKIP
+        >>> Engine().test(model, datamodule=datamodule)  # doctest: +SKIP
+        >>> print(per_category_metrics_table(evaluator.last_results))  # doctest: +SKIP
+
+    """
+
+    def __init__(
+        self,
+        val_metrics: AnomalibMetric | Sequence[AnomalibMetric] | None = None,
+        test_metrics: AnomalibMetric | Sequence[AnomalibMetric] | None = None,
+        compute_on_cpu: bool = True,
+        *,
+        pixel_metrics: bool = True,
+        fpr_limit: float = 0.3,
+        print_table: bool = True,
+        save_csv: bool = True,
+        results_dir: str | Path | None = None,
+        csv_filename: str = CSV_FILENAME,
+    ) -> None:
+        super().__init__(val_metrics=val_metrics, test_metrics=test_metrics, compute_on_cpu=compute_on_cpu)
+        if not 0.0 < fpr_limit <= 1.0:
+            msg = f"fpr_limit must lie in (0, 1], got {fpr_limit}."
+            raise ValueError(msg)
+        self.pixel_metrics = pixel_metrics
+        self.fpr_limit = fpr_limit
+        self.print_table = print_table
+        self.save_csv = save_csv
+        self.results_dir = Path(results_dir) if results_dir is not None else None
+        self.csv_filename = csv_filename
+        self.category_metrics = _CategoryMetricsDict()
+        self._category_keys: dict[str, str] = {}  # category name -> ModuleDict key
+        self._category_ids: dict[str, int | None] = {}
+        self._default_category = DEFAULT_CATEGORY
+        self._states_on_cpu = compute_on_cpu
+        self.last_results: PerCategoryResults = {}
+        self.last_csv_path: Path | None = None
+
+    @classmethod
+    def from_evaluator(cls, evaluator: Evaluator, **kwargs: Any) -> PerCategoryEvaluator:
+        """Build a per-category evaluator that keeps ``evaluator``'s validation and pooled test metrics.
+
+        Args:
+            evaluator: Evaluator to take ``val_metrics``, ``test_metrics`` and ``compute_on_cpu`` from.
+            **kwargs: Keyword arguments of :class:`PerCategoryEvaluator`.
+
+        Returns:
+            The new evaluator.
+
+        """
+        kwargs.setdefault("compute_on_cpu", evaluator.compute_on_cpu)
+        return cls(val_metrics=list(evaluator.val_metrics), test_metrics=list(evaluator.test_metrics), **kwargs)
+
+    @property
+    def categories(self) -> list[str]:
+        """Categories seen in the current test epoch, in report order."""
+        return sorted(self._category_keys, key=self._sort_key)
+
+    def _sort_key(self, name: str) -> tuple[bool, int, str]:
+        category_id = self._category_ids.get(name)
+        return (category_id is None, category_id if category_id is not None else 0, name)
+
+    def reset_categories(self) -> None:
+        """Drop all per-category metric sets."""
+        self.category_metrics.clear()
+        self._category_keys.clear()
+        self._category_ids.clear()
+
+    # Lightning hooks ----------------------------------------------------------------------------
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Decide where per-category metric states live, then set up the base metrics."""
+        super().setup(trainer, pl_module, stage)
+        self._states_on_cpu = self.compute_on_cpu and trainer.num_devices <= 1
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start from empty per-category state; name the fallback category after the datamodule."""
+        del pl_module  # Unused argument.
+        self.reset_categories()
+        category = getattr(getattr(trainer, "datamodule", None), "category", None)
+        self._default_category = category if isinstance(category, str) and category else DEFAULT_CATEGORY
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: STEP_OUTPUT | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Update the pooled test metrics and the per-category metrics with the batch."""
+        super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
+        self.update(outputs if _is_batch(outputs) else batch, fallback=batch)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compute, log, print and save the per-category results, then free the metric states."""
+        super().on_test_epoch_end(trainer, pl_module)
+        results = self.compute()
+        self.last_results = results
+        self.reset_categories()
+        if not results:
+            logger.warning("PerCategoryEvaluator received no test samples with labels; nothing to report.")
+            return
+        self._log(trainer, pl_module, results)
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        if self.print_table:
+            print_per_category_table(results)
+        if self.save_csv:
+            results_dir = self.results_dir
+            if results_dir is None and trainer is not None:
+                results_dir = Path(trainer.default_root_dir)
+            if results_dir is not None:
+                self.last_csv_path = write_csv(results, results_dir / self.csv_filename)
+
+    # Metric state -------------------------------------------------------------------------------
+
+    def update(self, batch: Any, fallback: Any = None) -> None:
+        """Route the samples of ``batch`` to the metric sets of their categories.
+
+        Args:
+            batch: Batch holding predictions and targets.
+            fallback: Object to read ``category`` / ``category_id`` from when ``batch`` has none.
+
+        """
+        size = _batch_size(batch)
+        if size == 0:
+            return
+        names, ids = self._sample_categories(batch, fallback, size)
+        for name in dict.fromkeys(names):
+            index = [i for i, sample_name in enumerate(names) if sample_name == name]
+            category_id = ids[index[0]] if ids is not None else None
+            self._metrics_for(name, category_id, batch).update(_select(batch, index, size))
+
+    def compute(self) -> PerCategoryResults:
+        """Compute the per-category metrics of the current test epoch and their mean.
+
+        Returns:
+            ``{category: {metric: value}}`` in report order plus a final ``"mean"`` row; every
+            row has the same metric columns. Empty if no category received labelled samples.
+
+        """
+        rows = {name: self.category_metrics[self._category_keys[name]].compute() for name in self.categories}
+        rows = {name: row for name, row in rows.items() if row}
+        columns = [metric for metric in METRIC_NAMES if any(metric in row for row in rows.values())]
+        results: PerCategoryResults = {
+            name: {metric: row.get(metric, math.nan) for metric in columns} for name, row in rows.items()
+        }
+        if results:
+            results[MEAN_KEY] = {metric: _nanmean([row[metric] for row in results.values()]) for metric in columns}
+        return results
+
+    def _sample_categories(self, batch: Any, fallback: Any, size: int) -> tuple[list[str], list[int] | None]:
+        sources = (batch, fallback)
+        names_value = next((v for s in sources if (v := getattr(s, "category", None)) is not None), None)
+        ids_value = next((v for s in sources if (v := getattr(s, "category_id", None)) is not None), None)
+        ids = None
+        if ids_value is not None:
+            ids = [int(i) for i in torch.as_tensor(ids_value).reshape(-1).tolist()]
+            if len(ids) == 1 and size > 1:
+                ids *= size
+        if names_value is None:
+            names = [str(i) for i in ids] if ids is not None else [self._default_category] * size
+        elif isinstance(names_value, str):
+            names = [names_value] * size
+        else:
+            names = [str(name) for name in names_value]
+        if len(names) != size or (ids is not None and len(ids) != size):
+            msg = f"Batch has {size} samples but {len(names)} category names / {len(ids or names)} category ids."
+            raise ValueError(msg)
+        return names, ids
+
+    def _metrics_for(self, name: str, category_id: int | None, batch: Any) -> CategoryMetrics:
+        if name in self._category_keys:
+            return self.category_metrics[self._category_keys[name]]
+        if name == MEAN_KEY:
+            msg = f"Category name {MEAN_KEY!r} is reserved for the mean over categories."
+            raise ValueError(msg)
+        key = f"category_{len(self._category_keys)}"
+        metrics = CategoryMetrics(name, pixel_metrics=self.pixel_metrics, fpr_limit=self.fpr_limit)
+        device = next((t.device for t in _field_values(batch) if isinstance(t, torch.Tensor)), None)
+        if device is not None:
+            metrics.to(device)
+        for module in metrics.modules():
+            if isinstance(module, Metric):
+                module.compute_on_cpu = self._states_on_cpu
+        self.category_metrics[key] = metrics
+        self._category_keys[name] = key
+        self._category_ids[name] = category_id
+        return metrics
+
+    def _log(self, trainer: Trainer | None, pl_module: LightningModule | None, results: PerCategoryResults) -> None:
+        for category, row in results.items():
+            for metric, value in row.items():
+                name = f"{category}/{metric}"
+                if trainer is not None and trainer.barebones:
+                    # Logging is disabled in barebones mode; expose the values like anomalib's Evaluator does.
+                    trainer.callback_metrics[name] = torch.tensor(value)
+                    trainer.logged_metrics[name] = torch.tensor(value)
+                elif pl_module is not None:
+                    pl_module.log(name, value)
+
+
+def _field_values(batch: Any) -> list[Any]:
+    """Values of the prediction and target fields of ``batch`` that are set."""
+    return [value for name in (*_IMAGE_FIELDS, *_PIXEL_FIELDS) if (value := getattr(batch, name, None)) is not None]
+
+
+def _is_batch(value: Any) -> bool:
+    return value is not None and any(hasattr(value, name) for name in ("pred_score", "anomaly_map"))
+
+
+def _batch_size(batch: Any) -> int:
+    for value in _field_values(batch):
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0]) if value.ndim > 0 else 1
+    return 0
+
+
+def _select(batch: Any, index: list[int], size: int) -> SimpleNamespace:
+    """Take the samples ``index`` of the prediction and target fields of ``batch``."""
+    selected = SimpleNamespace()
+    for name in (*_IMAGE_FIELDS, *_PIXEL_FIELDS):
+        value = getattr(batch, name, None)
+        if isinstance(value, torch.Tensor) and value.ndim == 0:
+            value = value.reshape(1)
+        if isinstance(value, torch.Tensor) and value.shape[0] == size:
+            if len(index) != size:
+                value = value[torch.as_tensor(index, device=value.device)]
+        elif value is not None:
+            msg = f"Batch field {name!r} must be a tensor with the batch size {size} as first dimension."
+            raise ValueError(msg)
+        setattr(selected, name, value)
+    return selected
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [value for value in values if not math.isnan(value)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _columns(results: PerCategoryResults) -> list[str]:
+    return list(next(iter(results.values()))) if results else []
+
+
+def _format_value(value: float, percent: bool) -> str:
+    if math.isnan(value):
+        return "nan"
+    return f"{100 * value:.1f}" if percent else f"{value:.4f}"
+
+
+def per_category_metrics_table(results: PerCategoryResults, percent: bool = True) -> str:
+    """Format per-category results as a plain-text table.
+
+    Args:
+        results: Results as in :attr:`PerCategoryEvaluator.last_results`.
+        percent: Show percent with one decimal (default) instead of fractions with four.
+
+    Returns:
+        The table, one line per category and a final ``mean`` line below a rule.
+
+    """
+    columns = _columns(results)
+    header = ["category", *columns]
+    rows = [[category, *(_format_value(row[c], percent) for c in columns)] for category, row in results.items()]
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+
+    def fmt(line: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+
+    lines = [fmt(header), "-" * len(fmt(header))]
+    for category, line in zip(results, rows, strict=True):
+        if category == MEAN_KEY:
+            lines.append("-" * len(fmt(header)))
+        lines.append(fmt(line))
+    return "\n".join(lines)
+
+
+def print_per_category_table(results: PerCategoryResults, percent: bool = True) -> None:
+    """Print per-category results as a table, through ``rich`` when it is installed.
+
+    Args:
+        results: Results as in :attr:`PerCategoryEvaluator.last_results`.
+        percent: Show percent with one decimal (default) instead of fractions with four.
+
+    """
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(per_category_metrics_table(results, percent))
+        return
+    unit = "%" if percent else "fraction"
+    table = Table(title=f"Per-category test metrics ({unit})")
+    table.add_column("category")
+    columns = _columns(results)
+    for column in columns:
+        table.add_column(column, justify="right")
+    categories = list(results)
+    for position, (category, row) in enumerate(results.items()):
+        next_is_mean = position + 1 < len(categories) and categories[position + 1] == MEAN_KEY
+        cells = [_format_value(row[c], percent) for c in columns]
+        table.add_row(category, *cells, end_section=next_is_mean, style="bold" if category == MEAN_KEY else None)
+    Console().print(table)
+
+
+def write_csv(results: PerCategoryResults, path: str | Path) -> Path:
+    """Write per-category results as CSV: a ``category`` column, then one column per metric.
+
+    Values are fractions with six decimals (``nan`` where undefined); rows follow ``results``
+    (the ``mean`` row last). An existing file is overwritten.
+
+    Args:
+        results: Results as in :attr:`PerCategoryEvaluator.last_results`.
+        path: Destination file; parent folders are created.
+
+    Returns:
+        The path written.
+
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        logger.info("Overwriting per-category results in %s.", path)
+    columns = _columns(results)
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["category", *columns])
+        for category, row in results.items():
+            writer.writerow([category, *(f"{row[c]:.6f}" if not math.isnan(row[c]) else "nan" for c in columns)])
+    logger.info("Per-category test metrics saved to %s.", path)
+    return path
+
+
+def results_to_dataframe(results: PerCategoryResults) -> pd.DataFrame:
+    """Convert per-category results to a ``pandas.DataFrame`` indexed by category.
+
+    Args:
+        results: Results as in :attr:`PerCategoryEvaluator.last_results`.
+
+    Returns:
+        One row per category plus ``mean``, one column per metric (fractions).
+
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame.from_dict(results, orient="index", columns=_columns(results))
+    frame.index.name = "category"
+    return frame
