@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# Keep tests single-threaded and quiet: CI has 2 cores.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Never write the demo dataset into the user's cache from tests (subprocesses inherit this).
+os.environ["ANOMALIB_CLASSAWARE_CACHE"] = tempfile.mkdtemp(prefix="anomalib_classaware_test_cache_")
 
 
 def write_mvtec_category(
