@@ -1,34 +1,12 @@
-"""The ``anomalib.plugins`` entry point of this package.
+"""The ``anomalib.plugins`` entry point of this package (loaded by the start-up hook, see ``_autoload``).
 
-Importing it defines our ``AnomalibModule`` and ``AnomalibDataModule`` subclasses, which is
-what anomalib's CLI (jsonargparse subclass resolution), ``list_models`` and ``get_model``
-search. :func:`register` additionally exposes them on ``anomalib.models`` / ``anomalib.data``
-and allow-lists our model modules in ``anomalib.models.ALLOWED_MODULES`` so that
-``get_model({"class_path": "anomalib_classaware.models.ReContrast"})`` and
-``get_datamodule({"class_path": "MultiClassDemo"})`` work as they do for built-ins.
+Importing our model and datamodule packages defines their ``AnomalibModule`` and
+``AnomalibDataModule`` subclasses, which is what anomalib's CLI (jsonargparse subclass
+resolution), ``list_models`` and ``get_model`` search; each package then exposes its classes on
+anomalib's namespaces itself (:mod:`anomalib_classaware._registry`). Plain ``import`` statements
+only: if one of our packages is being imported right now (the user imported it first), this
+returns the half-imported module and that package finishes, and registers, on its own.
 """
 
-from __future__ import annotations
-
-import anomalib.data
-import anomalib.models
-
-from anomalib_classaware import data as _data
-from anomalib_classaware import models as _models
-
-MODEL_CLASSES = tuple(getattr(_models, name) for name in _models.__all__)
-DATAMODULE_CLASSES = tuple(getattr(_data, name) for name in _data.DATAMODULES)
-
-
-def register() -> None:
-    """Expose our classes on anomalib's namespaces and allow-list our model modules (idempotent)."""
-    for cls in MODEL_CLASSES:
-        if not hasattr(anomalib.models, cls.__name__):
-            setattr(anomalib.models, cls.__name__, cls)
-        module = cls.__module__
-        while module:  # allow the class's module and each parent package: a.b.c, a.b, a
-            anomalib.models.ALLOWED_MODULES.add(module)
-            module = module.rpartition(".")[0]
-    for cls in DATAMODULE_CLASSES:
-        if not hasattr(anomalib.data, cls.__name__):
-            setattr(anomalib.data, cls.__name__, cls)
+import anomalib_classaware.data
+import anomalib_classaware.models  # noqa: F401

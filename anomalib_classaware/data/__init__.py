@@ -1,5 +1,6 @@
 """Multi-class datamodules: every item and batch carries ``category`` and ``category_id``."""
 
+from anomalib_classaware._registry import expose_datamodules
 from anomalib_classaware.data.benchmarks import MultiClassMVTecAD, MultiClassVisa
 from anomalib_classaware.data.dataclasses import MultiClassImageBatch, MultiClassImageItem
 from anomalib_classaware.data.dataset import MultiClassDataset, MultiClassSyntheticDataset
@@ -7,7 +8,7 @@ from anomalib_classaware.data.demo import MultiClassDemo
 from anomalib_classaware.data.multiclass import MultiClassDataModule, MultiClassFolder
 from anomalib_classaware.data.samples import CategoryIndex
 
-# the concrete datamodules the plugin exposes to anomalib's CLI and `get_datamodule`
+# the concrete datamodules, exposed on `anomalib.data` for its `get_datamodule`
 DATAMODULES = ("MultiClassDemo", "MultiClassFolder", "MultiClassMVTecAD", "MultiClassVisa")
 
 __all__ = [
@@ -23,3 +24,5 @@ __all__ = [
     "MultiClassSyntheticDataset",
     "MultiClassVisa",
 ]
+
+expose_datamodules([MultiClassDemo, MultiClassFolder, MultiClassMVTecAD, MultiClassVisa])

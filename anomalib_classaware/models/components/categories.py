@@ -48,7 +48,7 @@ class CategoryNamesMixin:
         if names is None:
             datamodule_name = type(getattr(trainer, "datamodule", None)).__name__
             names = [getattr(getattr(trainer, "datamodule", None), "category", None) or SINGLE_CLASS_NAME]
-            logger.warning(
+            logger.info(
                 "%s: the datamodule (%s) gives no category ids; treating the training data as one class %r.",
                 type(self).__name__,
                 datamodule_name,

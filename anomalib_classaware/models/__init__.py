@@ -1,0 +1,13 @@
+"""Multi-class anomaly detection models for anomalib (``AnomalibModule`` subclasses).
+
+``__all__`` lists the model classes only; each is exposed on ``anomalib.models`` when this package
+has been imported (see :mod:`anomalib_classaware._registry`).
+"""
+
+from anomalib_classaware._registry import expose_models
+
+from .recontrast import ReContrast
+
+__all__ = ["ReContrast"]
+
+expose_models([ReContrast])

@@ -1,0 +1,162 @@
+"""PyTorch model of ReContrast.
+
+Guo et al., "ReContrast: Domain-Specific Anomaly Detection via Contrastive Reconstruction",
+NeurIPS 2023.
+
+Two copies of one pretrained CNN encoder: ``encoder`` is trained (small learning rate, kept in
+eval mode so its BatchNorm statistics stay the pretrained ones) and ``frozen_encoder`` is fixed.
+Their features are concatenated along the batch and go through one shared multi-scale fusion
+bottleneck and one shared decoder with two head sets (Sec. 3.2). Cross reconstruction: head set 0
+applied to the decoding of the trainable encoder's features reconstructs the frozen encoder's
+features, head set 1 applied to the decoding of the frozen encoder's features reconstructs the
+trainable encoder's features (Sec. 3.2, eq. 3). The loss (``loss.py``) detaches the targets.
+
+At inference the six distance maps (3 levels x 2 directions) are averaged, blurred and reduced
+to an image score (Sec. 3.3). No class label is used anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import Tensor, nn
+
+from anomalib_classaware.models.components import (
+    AnomalyMapGenerator,
+    FeatureDecoder,
+    MultiScaleFusionBottleneck,
+    create_feature_extractor,
+    get_feature_info,
+    reverse_distillation_blocks,
+)
+from anomalib_classaware.models.components.anomaly_map import ScoreReduction
+
+
+class ReContrastOutput(NamedTuple):
+    """Training output of :class:`ReContrastModel` (levels shallow to deep).
+
+    ``frozen_reconstructions[i]`` (decoded from the trainable encoder) reconstructs
+    ``frozen_features[i]``; ``trainable_reconstructions[i]`` (decoded from the frozen encoder)
+    reconstructs ``trainable_features[i]``.
+    """
+
+    frozen_features: list[Tensor]
+    trainable_features: list[Tensor]
+    frozen_reconstructions: list[Tensor]
+    trainable_reconstructions: list[Tensor]
+
+    def targets(self) -> list[Tensor]:
+        """Return the six targets, in the order of :meth:`reconstructions`."""
+        return [*self.frozen_features, *self.trainable_features]
+
+    def reconstructions(self) -> list[Tensor]:
+        """Return the six reconstructions, in the order of :meth:`targets`."""
+        return [*self.frozen_reconstructions, *self.trainable_reconstructions]
+
+
+class ReContrastModel(nn.Module):
+    """ReContrast: trainable + frozen encoder, shared bottleneck and two-head decoder.
+
+    Args:
+        backbone: timm CNN name (paper: ``"wide_resnet50_2"``).
+        layers: timm ``out_indices`` of the reconstructed levels (paper: ResNet stages 1-3).
+        input_size: ``(H, W)`` of the model input; anomaly maps are produced at this size.
+        pre_trained: load timm's pretrained weights into the encoders.
+        weights_path: local weights file for the encoders (overrides ``pre_trained``).
+        score_reduction: ``"topk_mean"`` (paper: mean of the top 1 % pixels) or ``"max"``.
+        topk_ratio: fraction of pixels averaged by ``"topk_mean"``.
+        blur_sigma: sigma of the Gaussian blur of the anomaly map.
+        blur_kernel_size: blur kernel size; ``None`` uses anomalib's ``2 * int(4 * sigma + 0.5) + 1``.
+        decoder_activation: ``"gelu"`` (unified recipe) or ``"relu"``.
+
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[int] = (1, 2, 3),
+        input_size: Sequence[int] = (256, 256),
+        pre_trained: bool = True,
+        weights_path: str | Path | None = None,
+        score_reduction: ScoreReduction = "topk_mean",
+        topk_ratio: float = 0.01,
+        blur_sigma: float = 4.0,
+        blur_kernel_size: int | None = 5,
+        decoder_activation: str = "gelu",
+    ) -> None:
+        super().__init__()
+        self.frozen_encoder = create_feature_extractor(backbone, layers, pre_trained, weights_path)
+        self.encoder = copy.deepcopy(self.frozen_encoder)
+        for parameter in self.frozen_encoder.parameters():
+            parameter.requires_grad_(False)
+
+        channels, reductions = get_feature_info(self.frozen_encoder)
+        blocks = reverse_distillation_blocks(channels)
+        self.bottleneck = MultiScaleFusionBottleneck(
+            channels,
+            reductions,
+            block=blocks.block,
+            num_blocks=blocks.bottleneck_blocks,
+            width_ratio=blocks.width_ratio,
+            activation="relu",
+        )
+        self.decoder = FeatureDecoder(
+            channels,
+            reductions,
+            in_channels=self.bottleneck.out_channels,
+            in_reduction=self.bottleneck.out_reduction,
+            block=blocks.block,
+            num_blocks=blocks.decoder_blocks,
+            width_ratio=blocks.width_ratio,
+            activation=decoder_activation,
+            num_heads_sets=2,
+        )
+        self.anomaly_map_generator = AnomalyMapGenerator(
+            image_size=input_size,
+            reduction="mean",
+            sigma=blur_sigma,
+            kernel_size=blur_kernel_size,
+            score_reduction=score_reduction,
+            topk_ratio=topk_ratio,
+        )
+        self.train()
+
+    def train(self, mode: bool = True) -> ReContrastModel:
+        """Set training mode; both encoders always stay in eval mode (frozen BatchNorm statistics)."""
+        super().train(mode)
+        self._encoders_eval()
+        return self
+
+    def _encoders_eval(self) -> None:
+        # Lightning >= 2.2 does not call ``.train()`` when fitting starts and restores submodule modes
+        # by setting ``.training`` directly, so the mode is also enforced on every forward pass.
+        self.frozen_encoder.eval()
+        self.encoder.eval()
+
+    def cross_reconstruct(self, images: Tensor) -> ReContrastOutput:
+        """Encode with both encoders, decode their batch concatenation, and pair the reconstructions."""
+        self._encoders_eval()
+        trainable_features = list(self.encoder(images))
+        frozen_features = list(self.frozen_encoder(images))  # parameters frozen: no graph is built
+        batch_size = images.shape[0]
+        joint = [torch.cat([a, f], dim=0) for a, f in zip(trainable_features, frozen_features, strict=True)]
+        decoded = self.decoder.forward_features(
+            self.bottleneck(joint),
+            output_sizes=[tuple(feature.shape[-2:]) for feature in frozen_features],
+        )
+        frozen_reconstructions = self.decoder.apply_heads([d[:batch_size] for d in decoded], head_set=0)
+        trainable_reconstructions = self.decoder.apply_heads([d[batch_size:] for d in decoded], head_set=1)
+        return ReContrastOutput(frozen_features, trainable_features, frozen_reconstructions, trainable_reconstructions)
+
+    def forward(self, images: Tensor) -> ReContrastOutput | InferenceBatch:
+        """Training: :class:`ReContrastOutput`; eval: ``InferenceBatch(pred_score (B,), anomaly_map (B, 1, H, W))``."""
+        output = self.cross_reconstruct(images)
+        if self.training:
+            return output
+        anomaly_map, pred_score = self.anomaly_map_generator(output.targets(), output.reconstructions())
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
