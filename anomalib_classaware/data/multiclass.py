@@ -156,7 +156,8 @@ def attach_per_category_evaluator(trainer: Trainer) -> None:
 
     This is how any anomalib model (``ReverseDistillation``, ``Patchcore``...) reports per-category
     and mean metrics with our datamodules. It runs in ``datamodule.setup``, which Lightning calls
-    after the model's callbacks are attached and before their own ``setup``.
+    after the model's callbacks (and their logging functions) are attached and before their own
+    ``setup``; that is also true of ``anomalib test`` on a checkpoint, in a new process.
     """
     model = trainer.lightning_module
     evaluator = getattr(model, "evaluator", None)
@@ -165,6 +166,9 @@ def attach_per_category_evaluator(trainer: Trainer) -> None:
     per_category = PerCategoryEvaluator.from_evaluator(evaluator)
     model.evaluator = per_category
     trainer.callbacks = [per_category if callback is evaluator else callback for callback in trainer.callbacks]
+    # Lightning gave the callbacks the module's logging functions before this hook ran; do the same.
+    per_category.log = model.log
+    per_category.log_dict = model.log_dict
     logger.info("%s reports per-category metrics through PerCategoryEvaluator.", type(model).__name__)
 
 
