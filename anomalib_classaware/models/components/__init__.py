@@ -14,6 +14,7 @@ from .bottleneck import MultiScaleFusionBottleneck
 from .categories import CategoryNamesMixin, batch_category_ids, validate_category_names
 from .decoder import FeatureDecoder
 from .losses import alpha_schedule, global_cosine_hard_mining_loss, pixel_cosine_loss, scale_easy_gradients
+from .student import build_reverse_distillation_student
 
 __all__ = [
     "AnomalyMapGenerator",
@@ -25,6 +26,7 @@ __all__ = [
     "ResidualBlock",
     "alpha_schedule",
     "batch_category_ids",
+    "build_reverse_distillation_student",
     "cosine_distance_map",
     "create_feature_extractor",
     "get_feature_info",

@@ -28,11 +28,9 @@ from torch import Tensor, nn
 
 from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
-    FeatureDecoder,
-    MultiScaleFusionBottleneck,
+    build_reverse_distillation_student,
     create_feature_extractor,
     get_feature_info,
-    reverse_distillation_blocks,
 )
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
 
@@ -96,25 +94,8 @@ class ReContrastModel(nn.Module):
             parameter.requires_grad_(False)
 
         channels, reductions = get_feature_info(self.frozen_encoder)
-        blocks = reverse_distillation_blocks(channels)
-        self.bottleneck = MultiScaleFusionBottleneck(
-            channels,
-            reductions,
-            block=blocks.block,
-            num_blocks=blocks.bottleneck_blocks,
-            width_ratio=blocks.width_ratio,
-            activation="relu",
-        )
-        self.decoder = FeatureDecoder(
-            channels,
-            reductions,
-            in_channels=self.bottleneck.out_channels,
-            in_reduction=self.bottleneck.out_reduction,
-            block=blocks.block,
-            num_blocks=blocks.decoder_blocks,
-            width_ratio=blocks.width_ratio,
-            activation=decoder_activation,
-            num_heads_sets=2,
+        self.bottleneck, self.decoder = build_reverse_distillation_student(
+            channels, reductions, decoder_activation=decoder_activation, num_heads_sets=2
         )
         self.anomaly_map_generator = AnomalyMapGenerator(
             image_size=input_size,

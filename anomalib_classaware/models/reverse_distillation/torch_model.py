@@ -20,11 +20,9 @@ from torch import Tensor, nn
 
 from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
-    FeatureDecoder,
-    MultiScaleFusionBottleneck,
+    build_reverse_distillation_student,
     create_feature_extractor,
     get_feature_info,
-    reverse_distillation_blocks,
 )
 from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
 
@@ -60,23 +58,7 @@ class ReverseDistillationModel(nn.Module):
         for parameter in self.encoder.parameters():
             parameter.requires_grad_(False)
         channels, reductions = get_feature_info(self.encoder)
-        blocks = reverse_distillation_blocks(channels)
-        self.bottleneck = MultiScaleFusionBottleneck(
-            channels,
-            reductions,
-            block=blocks.block,
-            num_blocks=blocks.bottleneck_blocks,
-            width_ratio=blocks.width_ratio,
-        )
-        self.decoder = FeatureDecoder(
-            channels,
-            reductions,
-            in_channels=self.bottleneck.out_channels,
-            in_reduction=self.bottleneck.out_reduction,
-            block=blocks.block,
-            num_blocks=blocks.decoder_blocks,
-            width_ratio=blocks.width_ratio,
-        )
+        self.bottleneck, self.decoder = build_reverse_distillation_student(channels, reductions)
         self.anomaly_map_generator = AnomalyMapGenerator(
             image_size=input_size,
             reduction=map_reduction,
