@@ -10,10 +10,12 @@ import pytest
 import torch
 from anomalib import LearningType
 from anomalib.data import ImageBatch, ImageItem, InferenceBatch
+from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 from torch.utils.data import DataLoader, Dataset
 
+from anomalib_classaware.data.demo_builder import build_demo_dataset
 from anomalib_classaware.models import ReContrast
 from anomalib_classaware.models.components import alpha_schedule
 from anomalib_classaware.models.recontrast import ReContrastLoss, ReContrastModel, ReContrastOutput
@@ -311,12 +313,21 @@ def test_torch_model_exports_with_torch_export() -> None:
     torch.testing.assert_close(got.anomaly_map, expected.anomaly_map)
 
 
-@pytest.mark.slow
-def test_openvino_export_matches_torch(tmp_path) -> None:
+def _demo_images(root, size: int) -> torch.Tensor:
+    """Real demo photographs (normal and defective) as a float batch in [0, 1]."""
+    build_demo_dataset(
+        root, categories=["brick", "coffee"], image_size=size, num_train=1, num_test_good=1, num_test_defective=2
+    )
+    paths = sorted(root.glob("*/test/*/*.png"))
+    return torch.stack([read_image(path, as_tensor=True) for path in paths])
+
+
+def test_openvino_export_matches_torch_on_demo_images(tmp_path) -> None:
     openvino = pytest.importorskip("openvino")
     model = small_model(size=64).eval()
-    xml_path = model.to_openvino(tmp_path, input_size=(64, 64), onnx_kwargs={"opset_version": 18})
-    images = torch.rand(2, 3, 64, 64)
+    xml_path = model.to_openvino(tmp_path / "export", input_size=(64, 64), onnx_kwargs={"opset_version": 18})
+    images = _demo_images(tmp_path / "demo", 64)
+    assert images.shape == (6, 3, 64, 64)
     with torch.no_grad():
         expected = model(images)
     compiled = openvino.Core().compile_model(str(xml_path), "CPU")
