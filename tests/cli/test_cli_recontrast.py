@@ -62,8 +62,10 @@ def test_test_and_predict_from_checkpoint_in_new_processes(trained_run: Path) ->
 
     images = trained_run / "to_predict"
     images.mkdir()
-    for category, name in (("brick", "good/000.png"), ("coffee", "scratch/000.png")):
-        shutil.copy(trained_run / "demo" / "MultiClassDemo" / category / "test" / name, images / f"{category}.png")
+    demo = trained_run / "demo" / "MultiClassDemo"
+    defective = next(path for path in sorted((demo / "coffee" / "test").glob("*/*.png")) if path.parent.name != "good")
+    shutil.copy(demo / "brick" / "test" / "good" / "000.png", images / "brick.png")
+    shutil.copy(defective, images / "coffee.png")
     _anomalib(["predict", *MODEL_ARGS, "--ckpt_path", str(checkpoint), "--data", str(images)], trained_run)
     predicted = sorted(path.name for path in (trained_run / "results").rglob("*.png") if "to_predict" in path.parts)
     assert predicted == ["brick.png", "coffee.png"]
