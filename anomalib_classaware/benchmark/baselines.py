@@ -26,15 +26,11 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
-from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_classaware.models.components import pixel_cosine_loss
 from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE, imagenet_pre_processor
 from anomalib_classaware.models.reverse_distillation import ReverseDistillationModel
-
-DEFAULT_INPUT_SIZE = (256, 256)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ComponentReverseDistillation(AnomalibModule):
@@ -97,14 +93,7 @@ class ComponentReverseDistillation(AnomalibModule):
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics."""
-        return PreProcessor(
-            transform=Compose(
-                [
-                    Resize(tuple(image_size or DEFAULT_INPUT_SIZE), antialias=True),
-                    Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
-                ]
-            ),
-        )
+        return imagenet_pre_processor(image_size)
 
     def configure_optimizers(self) -> optim.Adam:
         """Adam on the bottleneck and decoder (the encoder is frozen)."""

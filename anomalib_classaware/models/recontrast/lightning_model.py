@@ -40,18 +40,14 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.fabric.utilities.types import _MAP_LOCATION_TYPE
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
-from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_classaware.models.components import alpha_schedule
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE, imagenet_pre_processor
 
 from .loss import ReContrastLoss
 from .torch_model import ReContrastModel
-
-DEFAULT_INPUT_SIZE = (256, 256)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ReContrast(CategoryNamesMixin, AnomalibModule):
@@ -155,14 +151,7 @@ class ReContrast(CategoryNamesMixin, AnomalibModule):
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics."""
-        return PreProcessor(
-            transform=Compose(
-                [
-                    Resize(tuple(image_size or DEFAULT_INPUT_SIZE), antialias=True),
-                    Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
-                ]
-            ),
-        )
+        return imagenet_pre_processor(image_size)
 
     @classmethod
     def load_from_checkpoint(
