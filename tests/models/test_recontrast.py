@@ -335,3 +335,39 @@ def test_openvino_export_matches_torch_on_demo_images(tmp_path) -> None:
     outputs = {port.get_any_name(): torch.from_numpy(results[port]) for port in compiled.outputs}
     assert (outputs["pred_score"] - expected.pred_score).abs().max() <= 1e-4
     assert (outputs["anomaly_map"] - expected.anomaly_map).abs().max() <= 1e-4
+
+
+def test_loss_falls_on_demo_data_without_nan(tmp_path) -> None:
+    """A few dozen steps of the unified recipe on real demo photographs of two categories (brick, coffee)."""
+    torch.manual_seed(0)
+    images = normalise(_demo_train_images(tmp_path / "demo", 64))
+    model = ReContrastModel(backbone="resnet18", pre_trained=False, input_size=(64, 64))
+    loss_fn = ReContrastLoss()
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [*model.bottleneck.parameters(), *model.decoder.parameters()], "lr": 2e-3},
+            {"params": list(model.encoder.parameters()), "lr": 1e-5},
+        ],
+        eps=1e-10,
+        weight_decay=1e-5,
+        amsgrad=True,
+    )
+    steps, losses = 24, []
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    for step in range(steps):
+        batch = images[torch.randperm(len(images), generator=generator)[:4]]
+        loss = loss_fn(model(batch), alpha=alpha_schedule(step, steps))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(loss) for loss in losses)
+    assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:2]) / 2
+
+
+def _demo_train_images(root, size: int) -> torch.Tensor:
+    build_demo_dataset(
+        root, categories=["brick", "coffee"], image_size=size, num_train=8, num_test_good=1, num_test_defective=1
+    )
+    return torch.stack([read_image(path, as_tensor=True) for path in sorted(root.glob("*/train/good/*.png"))])
