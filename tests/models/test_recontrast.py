@@ -252,14 +252,9 @@ def test_checkpoint_round_trip_gives_identical_outputs(fitted) -> None:
     torch.testing.assert_close(got.pred_score, expected.pred_score, rtol=0, atol=0)
 
 
-@pytest.fixture(scope="module")
-def trained_on_texture() -> tuple[ReContrastModel, list[float]]:
-    """A ReContrast torch model trained briefly on one smooth texture (64 px), with its losses."""
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
-    model = ReContrastModel(backbone="resnet18", pre_trained=False, input_size=(64, 64))
-    loss_fn = ReContrastLoss()
-    optimizer = torch.optim.AdamW(
+def _unified_optimizer(model: ReContrastModel) -> torch.optim.Optimizer:
+    """The unified recipe's optimiser (AdamW, amsgrad, two learning rates) without the Lightning module."""
+    return torch.optim.AdamW(
         [
             {"params": [*model.bottleneck.parameters(), *model.decoder.parameters()], "lr": 2e-3},
             {"params": list(model.encoder.parameters()), "lr": 1e-5},
@@ -268,6 +263,16 @@ def trained_on_texture() -> tuple[ReContrastModel, list[float]]:
         weight_decay=1e-5,
         amsgrad=True,
     )
+
+
+@pytest.fixture(scope="module")
+def trained_on_texture() -> tuple[ReContrastModel, list[float]]:
+    """A ReContrast torch model trained briefly on one smooth texture (64 px), with its losses."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = ReContrastModel(backbone="resnet18", pre_trained=False, input_size=(64, 64))
+    loss_fn = ReContrastLoss()
+    optimizer = _unified_optimizer(model)
     steps, losses = 16, []
     model.train()
     for step in range(steps):
@@ -343,15 +348,7 @@ def test_loss_falls_on_demo_data_without_nan(tmp_path) -> None:
     images = normalise(_demo_train_images(tmp_path / "demo", 64))
     model = ReContrastModel(backbone="resnet18", pre_trained=False, input_size=(64, 64))
     loss_fn = ReContrastLoss()
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [*model.bottleneck.parameters(), *model.decoder.parameters()], "lr": 2e-3},
-            {"params": list(model.encoder.parameters()), "lr": 1e-5},
-        ],
-        eps=1e-10,
-        weight_decay=1e-5,
-        amsgrad=True,
-    )
+    optimizer = _unified_optimizer(model)
     steps, losses = 24, []
     generator = torch.Generator().manual_seed(0)
     model.train()
