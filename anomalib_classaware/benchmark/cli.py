@@ -43,6 +43,7 @@ from anomalib_classaware.benchmark.report import (
     RESULTS_MD,
     RESULTS_PNG,
     SUMMARY_CSV,
+    WORKER_COLUMNS,
     number,
     read_results,
     summarize,
@@ -188,24 +189,7 @@ def result_rows(run: RunSpec, result: dict[str, Any], config: BenchmarkConfig) -
         common["error"] = str(result.get("error", "unknown error")).replace("\n", " ")[:500]
         common["budget"] = budget_description(config)
         return [{**common, "category": category} for category in run.categories]
-    for key in (
-        "train_time_s",
-        "train_steps",
-        "train_images",
-        "train_images_per_s",
-        "fit_time_s",
-        "test_time_s",
-        "threads",
-        "peak_rss_mb",
-        "params",
-        "trainable_params",
-        "model_class",
-        "backbone",
-        "layers",
-        "weights",
-        "budget",
-        "device",
-    ):
+    for key in WORKER_COLUMNS:
         common[key] = result.get(key)
     for size, value in result.get("infer_images_per_s", {}).items():
         common[f"infer_bs{size}_images_per_s"] = value

@@ -62,6 +62,14 @@ BASE_COLUMNS: tuple[str, ...] = (
 )
 """CSV columns; ``infer_bs<N>_images_per_s`` columns follow for each timed batch size."""
 
+RUNNER_COLUMNS = frozenset(
+    {"run_id", "model", "setting", "seed", "category", "status", *METRICS}
+    | {"run_wall_time_s", "input_size", "dataset", "error", "finished_at"}
+)
+"""Columns the CLI fills itself; the others of :data:`BASE_COLUMNS` are copied from a run's worker result."""
+
+WORKER_COLUMNS: tuple[str, ...] = tuple(column for column in BASE_COLUMNS if column not in RUNNER_COLUMNS)
+
 
 def number(value: Any) -> float:
     """``float(value)``; NaN for empty or non-numeric values."""

@@ -8,11 +8,7 @@ from anomalib_classaware.data.demo import MultiClassDemo
 from anomalib_classaware.data.multiclass import MultiClassDataModule, MultiClassFolder
 from anomalib_classaware.data.samples import CategoryIndex
 
-# the concrete datamodules, exposed on `anomalib.data` for its `get_datamodule`
-DATAMODULES = ("MultiClassDemo", "MultiClassFolder", "MultiClassMVTecAD", "MultiClassVisa")
-
 __all__ = [
-    "DATAMODULES",
     "CategoryIndex",
     "MultiClassDataModule",
     "MultiClassDataset",

@@ -43,11 +43,11 @@ class CategoryNamesMixin:
     category_names: list[str] | None
 
     def _record_category_names(self) -> list[str]:
-        trainer = getattr(self, "trainer", None)
-        names = category_names_from_datamodule(getattr(trainer, "datamodule", None))
+        datamodule = getattr(getattr(self, "trainer", None), "datamodule", None)
+        names = category_names_from_datamodule(datamodule)
         if names is None:
-            datamodule_name = type(getattr(trainer, "datamodule", None)).__name__
-            names = [getattr(getattr(trainer, "datamodule", None), "category", None) or SINGLE_CLASS_NAME]
+            datamodule_name = type(datamodule).__name__
+            names = [getattr(datamodule, "category", None) or SINGLE_CLASS_NAME]
             logger.info(
                 "%s: the datamodule (%s) gives no category ids; treating the training data as one class %r.",
                 type(self).__name__,
@@ -64,11 +64,6 @@ class CategoryNamesMixin:
         self.category_names = names
         self.hparams["category_names"] = names  # type: ignore[attr-defined]
         return names
-
-    @property
-    def num_categories(self) -> int:
-        """Number of known categories (1 before training on data without categories)."""
-        return max(1, len(self.category_names or ()))
 
 
 def validate_category_names(names: Sequence[str] | None) -> list[str] | None:
