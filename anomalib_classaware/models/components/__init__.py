@@ -1,6 +1,7 @@
-"""Shared reconstruction kit: backbones, fusion bottleneck, mirrored decoder, anomaly maps, losses."""
+"""Shared reconstruction kit: backbones, fusion bottleneck, mirrored decoder, anomaly maps, losses, noise, masks."""
 
 from .anomaly_map import AnomalyMapGenerator, cosine_distance_map
+from .attention_masks import neighbourhood_mask
 from .backbone import (
     FeatureInfo,
     create_feature_extractor,
@@ -13,7 +14,9 @@ from .blocks import BlockConfig, ResidualBlock, make_activation, make_stage, rev
 from .bottleneck import MultiScaleFusionBottleneck
 from .categories import CategoryNamesMixin, batch_category_ids, validate_category_names
 from .decoder import FeatureDecoder
+from .feature_noise import feature_jitter, position_noise
 from .losses import alpha_schedule, global_cosine_hard_mining_loss, pixel_cosine_loss, scale_easy_gradients
+from .positional import fourier_features, grid_coordinates, sincos_positions
 from .student import build_reverse_distillation_student
 
 __all__ = [
@@ -29,15 +32,21 @@ __all__ = [
     "build_reverse_distillation_student",
     "cosine_distance_map",
     "create_feature_extractor",
+    "feature_jitter",
+    "fourier_features",
     "get_feature_info",
     "global_cosine_hard_mining_loss",
+    "grid_coordinates",
     "load_backbone_weights",
     "make_activation",
     "make_stage",
     "map_state_dict",
+    "neighbourhood_mask",
     "pixel_cosine_loss",
+    "position_noise",
     "read_state_dict",
     "reverse_distillation_blocks",
     "scale_easy_gradients",
+    "sincos_positions",
     "validate_category_names",
 ]
