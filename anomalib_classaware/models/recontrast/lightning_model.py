@@ -11,8 +11,12 @@ first 10 % of the planned steps. "Planned steps" is ``trainer.estimated_stepping
 the recipe follows ``max_steps`` or ``max_epochs`` (paper: 5000 iterations, batch 16) and both
 schedules continue correctly when training resumes from a checkpoint.
 
-No class label is used: batches from multi-class datamodules may carry ``category_id``; it is
-ignored.
+By default no class label is used: batches from multi-class datamodules may carry
+``category_id``; it is ignored. ``class_aware=True`` adds the class-aware contrastive terms of
+Fan et al. (arXiv 2412.04769, "plug-and-play"): SupCon on the pooled bottleneck embedding of the
+trainable encoder's features and dense InfoNCE on the trainable encoder's features, against an
+augmented view made in the training step, with dataset or pseudo class labels. They cost nothing
+at inference.
 
 Example:
     >>> from anomalib.engine import Engine
@@ -25,9 +29,7 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,19 +40,24 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.fabric.utilities.types import _MAP_LOCATION_TYPE
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
+from torch import Tensor
 
 from anomalib_classaware.models.components import alpha_schedule
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.class_labels import ClassLabelsMixin
+from anomalib_classaware.models.components.contrastive import ClassAwareContrastiveLoss, LocalNegatives
+from anomalib_classaware.models.components.lightning_mixins import OfflineCheckpointMixin, PlannedStepsMixin
 from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE, imagenet_pre_processor
+from anomalib_classaware.models.components.pseudo_labels import NumClusters
+from anomalib_classaware.models.components.view_augmentation import ContrastiveViewAugmenter
 
 from .loss import ReContrastLoss
 from .torch_model import ReContrastModel
 
 
-class ReContrast(CategoryNamesMixin, AnomalibModule):
+class ReContrast(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixin, CategoryNamesMixin, AnomalibModule):
     """ReContrast Lightning module (unified multi-class recipe).
 
     Args:
@@ -78,6 +85,14 @@ class ReContrast(CategoryNamesMixin, AnomalibModule):
         blur_kernel_size: blur kernel size; ``None`` uses anomalib's ``2 * int(4 * sigma + 0.5) + 1``.
             Defaults to ``5`` (official code).
         decoder_activation: ``"gelu"`` (unified recipe) or ``"relu"``. Defaults to ``"gelu"``.
+        class_aware: add the class-aware contrastive terms. Defaults to ``False`` (paper).
+        class_labels: with ``class_aware``: ``"dataset"`` or ``"pseudo"`` (see ``ClassAwareRecon``).
+        num_pseudo_classes: number of pseudo-classes or ``"auto"``. Defaults to ``"auto"``.
+        max_pseudo_classes: upper bound of the ``"auto"`` search. Defaults to ``20``.
+        contrastive_temperature: temperature of the contrastive terms. Defaults to ``0.05``.
+        contrastive_global_weight: weight of the global SupCon term. Defaults to ``1.0``.
+        contrastive_local_weight: weight of the local dense term. Defaults to ``1.0``.
+        local_negatives: ``"all"`` other-class images or ``"one"``. Defaults to ``"all"``.
         pre_processor: pre-processor instance or flag to use the default (resize + ImageNet norm).
         post_processor: post-processor instance or flag to use the default.
         evaluator: evaluator instance or flag to use the default.
@@ -108,6 +123,14 @@ class ReContrast(CategoryNamesMixin, AnomalibModule):
         blur_sigma: float = 4.0,
         blur_kernel_size: int | None = 5,
         decoder_activation: str = "gelu",
+        class_aware: bool = False,
+        class_labels: str = "dataset",
+        num_pseudo_classes: NumClusters = "auto",
+        max_pseudo_classes: int = 20,
+        contrastive_temperature: float = 0.05,
+        contrastive_global_weight: float = 1.0,
+        contrastive_local_weight: float = 1.0,
+        local_negatives: LocalNegatives = "all",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -131,8 +154,17 @@ class ReContrast(CategoryNamesMixin, AnomalibModule):
         self.weight_decay = weight_decay
         self.lr_decay_fraction = lr_decay_fraction
         self.lr_decay_factor = lr_decay_factor
-        self._planned_steps: int | None = None
         self.category_names = validate_category_names(category_names)
+        self.class_aware = class_aware
+        self._init_class_labels(class_labels, num_pseudo_classes, max_pseudo_classes)
+        self.contrastive_loss = (
+            ClassAwareContrastiveLoss(
+                contrastive_temperature, contrastive_global_weight, contrastive_local_weight, local_negatives
+            )
+            if class_aware
+            else None
+        )
+        self._view_augmentation = ContrastiveViewAugmenter()
 
         self.model: ReContrastModel = ReContrastModel(
             backbone=backbone,
@@ -153,51 +185,19 @@ class ReContrast(CategoryNamesMixin, AnomalibModule):
         """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics."""
         return imagenet_pre_processor(image_size)
 
-    @classmethod
-    def load_from_checkpoint(
-        cls,
-        checkpoint_path: str | Path,
-        map_location: _MAP_LOCATION_TYPE = None,
-        hparams_file: str | Path | None = None,
-        strict: bool | None = None,
-        weights_only: bool = True,
-        **kwargs: Any,
-    ) -> ReContrast:
-        """Load a checkpoint without fetching backbone weights (the checkpoint holds both encoders).
-
-        ``pre_trained`` defaults to ``False`` and ``weights_path`` to ``None`` here, so that loading
-        works on machines without the model hub or the original weights file; pass them to override.
-        """
-        kwargs.setdefault("pre_trained", False)
-        kwargs.setdefault("weights_path", None)
-        return super().load_from_checkpoint(
-            checkpoint_path,
-            map_location=map_location,
-            hparams_file=hparams_file,
-            strict=strict,
-            weights_only=weights_only,
-            **kwargs,
-        )
-
-    @property
-    def planned_steps(self) -> int:
-        """Optimizer steps this fit is planned to take (``trainer.estimated_stepping_batches``)."""
-        if self._planned_steps is None:
-            steps = self.trainer.estimated_stepping_batches
-            if not math.isfinite(steps) or steps < 1:
-                msg = "ReContrast's schedules need a finite training length: set max_steps or max_epochs."
-                raise ValueError(msg)
-            self._planned_steps = int(steps)
-        return self._planned_steps
-
-    def setup(self, stage: str) -> None:
-        """Forget a previous fit's planned steps (runs before ``configure_optimizers``; a new trainer may differ)."""
-        super().setup(stage)
-        self._planned_steps = None
-
     def on_fit_start(self) -> None:
         """Record the datamodule's category names (or one class, said once in the log) in the hyperparameters."""
         self._record_category_names()
+
+    def on_train_start(self) -> None:
+        """Fit pseudo-class centroids once (``class_aware`` with ``class_labels="pseudo"``)."""
+        if self.class_aware:
+            self._fit_pseudo_labels()
+
+    def teacher_features(self, images: Tensor) -> list[Tensor]:
+        """Frozen-encoder features of a pre-processed batch (pseudo-labels)."""
+        with torch.no_grad():
+            return list(self.model.frozen_encoder(images))
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """AdamW (amsgrad) with two learning-rate groups, multiplied by ``lr_decay_factor`` at ``lr_decay_fraction``."""
@@ -228,11 +228,19 @@ class ReContrast(CategoryNamesMixin, AnomalibModule):
         )
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Cross-reconstruct the batch and return the hard-mining global cosine loss."""
+        """Cross-reconstruct the batch; hard-mining global cosine loss (+ contrastive terms if ``class_aware``)."""
         del args, kwargs  # These variables are not used.
         alpha = self.current_alpha()
-        loss = self.loss(self.model(batch.image), alpha=alpha)
+        output = self.model(batch.image)
+        loss = self.loss(output, alpha=alpha)
         batch_size = batch.image.shape[0]
+        if self.contrastive_loss is not None:
+            labels = self.training_labels(batch, output.frozen_features)
+            augmented = self.model.encode_view(self._view_augmentation(batch.image, self.pre_processor))
+            contrastive = self.contrastive_loss.compare_views(labels, output.view(), augmented)
+            loss = loss + contrastive.total
+            self.log("train_global_contrastive_loss", contrastive.global_loss.detach(), batch_size=batch_size)
+            self.log("train_local_contrastive_loss", contrastive.local_loss.detach(), batch_size=batch_size)
         self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
         self.log("train_hard_mining_alpha", alpha, on_step=True, on_epoch=False, batch_size=batch_size)
         return {"loss": loss}

@@ -33,6 +33,7 @@ from anomalib_classaware.models.components import (
     get_feature_info,
 )
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.contrastive import ViewEncoding
 
 
 class ReContrastOutput(NamedTuple):
@@ -47,6 +48,14 @@ class ReContrastOutput(NamedTuple):
     trainable_features: list[Tensor]
     frozen_reconstructions: list[Tensor]
     trainable_reconstructions: list[Tensor]
+    trainable_embedding: Tensor | None = None
+
+    def view(self) -> ViewEncoding:
+        """The trainable-encoder view the class-aware contrastive terms act on (``class_aware=True``)."""
+        if self.trainable_embedding is None:
+            msg = "This output carries no embedding."
+            raise ValueError(msg)
+        return ViewEncoding(self.frozen_features, self.trainable_features, self.trainable_embedding)
 
     def targets(self) -> list[Tensor]:
         """Return the six targets, in the order of :meth:`reconstructions`."""
@@ -126,13 +135,32 @@ class ReContrastModel(nn.Module):
         frozen_features = list(self.frozen_encoder(images))  # parameters frozen: no graph is built
         batch_size = images.shape[0]
         joint = [torch.cat([a, f], dim=0) for a, f in zip(trainable_features, frozen_features, strict=True)]
+        fused = self.bottleneck(joint)
         decoded = self.decoder.forward_features(
-            self.bottleneck(joint),
+            fused,
             output_sizes=[tuple(feature.shape[-2:]) for feature in frozen_features],
         )
         frozen_reconstructions = self.decoder.apply_heads([d[:batch_size] for d in decoded], head_set=0)
         trainable_reconstructions = self.decoder.apply_heads([d[batch_size:] for d in decoded], head_set=1)
-        return ReContrastOutput(frozen_features, trainable_features, frozen_reconstructions, trainable_reconstructions)
+        return ReContrastOutput(
+            frozen_features,
+            trainable_features,
+            frozen_reconstructions,
+            trainable_reconstructions,
+            fused[:batch_size].mean(dim=(2, 3)),
+        )
+
+    def encode_view(self, images: Tensor) -> ViewEncoding:
+        """Frozen and trainable features and pooled bottleneck embedding of a view (``class_aware=True``).
+
+        The class-aware terms (Fan et al., arXiv 2412.04769) act on the trainable encoder, ReContrast's
+        counterpart of the projection layer; positions are matched on the frozen encoder's features.
+        """
+        self._encoders_eval()
+        trainable_features = list(self.encoder(images))
+        with torch.no_grad():
+            frozen_features = list(self.frozen_encoder(images))
+        return ViewEncoding(frozen_features, trainable_features, self.bottleneck(trainable_features).mean(dim=(2, 3)))
 
     def forward(self, images: Tensor) -> ReContrastOutput | InferenceBatch:
         """Training: :class:`ReContrastOutput`; eval: ``InferenceBatch(pred_score (B,), anomaly_map (B, 1, H, W))``."""

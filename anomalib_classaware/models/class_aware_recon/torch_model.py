@@ -1,0 +1,133 @@
+"""PyTorch model of the class-aware contrastive reconstruction model (Fan et al., arXiv 2412.04769, Sec. 3.2).
+
+Reverse Distillation base: frozen teacher -> per-level :class:`ProjectionLayer` -> multi-scale
+fusion bottleneck -> mirrored decoder, which reconstructs the raw teacher features. The global
+embedding of an image is the average-pooled bottleneck output. In training, feature noise is
+added to the projected features that feed the bottleneck (not to those the contrastive losses
+see), and :meth:`encode_view` encodes the augmented view (teacher, projection, bottleneck; no
+decoder). At inference only teacher -> projection -> bottleneck -> decoder runs: no class label,
+no contrastive branch, no augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from anomalib.data import InferenceBatch
+from torch import Tensor, nn
+
+from anomalib_classaware.models.components import (
+    AnomalyMapGenerator,
+    build_reverse_distillation_student,
+    create_feature_extractor,
+    get_feature_info,
+    position_noise,
+)
+from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.contrastive import ViewEncoding
+from anomalib_classaware.models.components.projection import ProjectionLayer
+
+
+class ClassAwareReconOutput(NamedTuple):
+    """Training output: the original view's encoding and the decoder's reconstructions of its teacher features."""
+
+    view: ViewEncoding
+    reconstructions: list[Tensor]
+
+
+class ClassAwareReconModel(nn.Module):
+    """Frozen teacher, projection layers, RD bottleneck and decoder.
+
+    Args:
+        backbone: timm CNN name (paper: ``"wide_resnet50_2"``).
+        layers: timm ``out_indices`` of the reconstructed levels (paper: ResNet stages 1-3).
+        input_size: ``(H, W)`` of the model input; anomaly maps have this size.
+        pre_trained: load timm's pretrained weights into the teacher.
+        weights_path: local weights file for the teacher (overrides ``pre_trained``).
+        noise_std: std of the training feature noise on projected features (0 disables it).
+        noise_fraction: fraction of positions that get noise.
+        noise_probability: probability that a training batch gets noise.
+        map_reduction: combine the level maps by ``"mean"`` or ``"sum"``.
+        score_reduction: ``"max"`` or ``"topk_mean"``.
+        topk_ratio: fraction of pixels averaged by ``"topk_mean"``.
+        blur_sigma: sigma of the anomaly-map Gaussian blur.
+
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[int] = (1, 2, 3),
+        input_size: Sequence[int] = (256, 256),
+        pre_trained: bool = True,
+        weights_path: str | Path | None = None,
+        noise_std: float = 1.0,
+        noise_fraction: float = 0.5,
+        noise_probability: float = 0.5,
+        map_reduction: MapReduction = "mean",
+        score_reduction: ScoreReduction = "max",
+        topk_ratio: float = 0.01,
+        blur_sigma: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.teacher = create_feature_extractor(backbone, layers, pre_trained, weights_path)
+        for parameter in self.teacher.parameters():
+            parameter.requires_grad_(False)
+        channels, reductions = get_feature_info(self.teacher)
+        self.projections = nn.ModuleList(ProjectionLayer(channel) for channel in channels)
+        self.bottleneck, self.decoder = build_reverse_distillation_student(channels, reductions)
+        self.noise_std = noise_std
+        self.noise_fraction = noise_fraction
+        self.noise_probability = noise_probability
+        self.anomaly_map_generator = AnomalyMapGenerator(
+            image_size=input_size,
+            reduction=map_reduction,
+            sigma=blur_sigma,
+            score_reduction=score_reduction,
+            topk_ratio=topk_ratio,
+        )
+        self.train()
+
+    def train(self, mode: bool = True) -> ClassAwareReconModel:
+        """Set training mode; the frozen teacher always stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def teacher_features(self, images: Tensor) -> list[Tensor]:
+        """Frozen-teacher features (no graph)."""
+        self.teacher.eval()  # Lightning may restore submodule modes without calling ``train()``
+        return list(self.teacher(images))
+
+    def project(self, teacher_features: Sequence[Tensor]) -> list[Tensor]:
+        """Apply the per-level projection layers."""
+        return [projection(feature) for projection, feature in zip(self.projections, teacher_features, strict=True)]
+
+    def encode_view(self, images: Tensor) -> ViewEncoding:
+        """Teacher, projection and pooled bottleneck embedding of a view (training-time contrastive branch)."""
+        teacher_features = self.teacher_features(images)
+        projected = self.project(teacher_features)
+        embedding = self.bottleneck(projected).mean(dim=(2, 3))
+        return ViewEncoding(teacher_features, projected, embedding)
+
+    def forward(self, images: Tensor) -> ClassAwareReconOutput | InferenceBatch:
+        """Training: :class:`ClassAwareReconOutput`; eval: ``InferenceBatch(pred_score, anomaly_map)``."""
+        teacher_features = self.teacher_features(images)
+        projected = self.project(teacher_features)
+        student_input = projected
+        if self.training and float(torch.rand(())) < self.noise_probability:  # one draw per batch
+            student_input = [position_noise(level, self.noise_std, self.noise_fraction, 1.0) for level in projected]
+        bottleneck = self.bottleneck(student_input)
+        reconstructions = self.decoder(
+            bottleneck,
+            output_sizes=[tuple(feature.shape[-2:]) for feature in teacher_features],
+        )[0]
+        if self.training:
+            view = ViewEncoding(teacher_features, projected, bottleneck.mean(dim=(2, 3)))
+            return ClassAwareReconOutput(view, reconstructions)
+        anomaly_map, pred_score = self.anomaly_map_generator(teacher_features, reconstructions)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
