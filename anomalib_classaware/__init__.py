@@ -15,10 +15,12 @@ _LAZY: dict[str, str] = {
     "MultiClassMVTecAD": "anomalib_classaware.data",
     "MultiClassVisa": "anomalib_classaware.data",
     "PerCategoryEvaluator": "anomalib_classaware.metrics",
+    "ClassAwareRecon": "anomalib_classaware.models",
     "ReContrast": "anomalib_classaware.models",
 }
 
 __all__ = [
+    "ClassAwareRecon",
     "MultiClassDemo",
     "MultiClassFolder",
     "MultiClassMVTecAD",
@@ -31,7 +33,7 @@ __all__ = [
 if TYPE_CHECKING:
     from anomalib_classaware.data import MultiClassDemo, MultiClassFolder, MultiClassMVTecAD, MultiClassVisa
     from anomalib_classaware.metrics import PerCategoryEvaluator
-    from anomalib_classaware.models import ReContrast
+    from anomalib_classaware.models import ClassAwareRecon, ReContrast
 
 
 def __getattr__(name: str) -> object:

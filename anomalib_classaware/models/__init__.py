@@ -6,8 +6,9 @@ has been imported (see :mod:`anomalib_classaware._registry`).
 
 from anomalib_classaware._registry import expose_models
 
+from .class_aware_recon import ClassAwareRecon
 from .recontrast import ReContrast
 
-__all__ = ["ReContrast"]
+__all__ = ["ClassAwareRecon", "ReContrast"]
 
-expose_models([ReContrast])
+expose_models([ClassAwareRecon, ReContrast])

@@ -56,11 +56,9 @@ def kmeans(
             centroids = torch.cat([centroids, points[torch.multinomial(weights, 1, generator=generator)]])
         labels = torch.cdist(points, centroids).argmin(dim=1)
         for _ in range(max_iter):
-            updated = centroids.clone()
-            for cluster in range(num_clusters):
-                members = points[labels == cluster]
-                if len(members):
-                    updated[cluster] = members.mean(dim=0)
+            counts = torch.bincount(labels, minlength=num_clusters).unsqueeze(1)
+            sums = torch.zeros_like(centroids).index_add_(0, labels, points)
+            updated = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)  # empty clusters stay
             new_labels = torch.cdist(points, updated).argmin(dim=1)
             centroids = updated
             if torch.equal(new_labels, labels):
