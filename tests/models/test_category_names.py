@@ -10,36 +10,41 @@ import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
+import anomalib_classaware.models
 from anomalib_classaware.data import MultiClassFolder
-from anomalib_classaware.models import ReContrast
 from anomalib_classaware.models.components import batch_category_ids, validate_category_names
 
+MODELS = list(anomalib_classaware.models.__all__)
 
-def _model() -> ReContrast:
-    return ReContrast(backbone="resnet18", pre_trained=False, input_size=(32, 32), evaluator=False, visualizer=False)
+
+def _model(name: str):
+    cls = getattr(anomalib_classaware.models, name)
+    return cls(backbone="resnet18", pre_trained=False, input_size=(32, 32), evaluator=False, visualizer=False)
 
 
 def _engine(tmp_path: Path) -> Engine:
     return Engine(default_root_dir=tmp_path / "results", max_steps=1, logger=False, enable_progress_bar=False)
 
 
-def test_category_names_are_saved_in_the_checkpoint(mvtec_tree, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", MODELS)
+def test_category_names_are_saved_in_the_checkpoint(name: str, mvtec_tree, tmp_path: Path) -> None:
     datamodule = MultiClassFolder(mvtec_tree(["zeta", "alpha"]), num_workers=0, train_batch_size=4)
-    model = _model()
+    model = _model(name)
     engine = _engine(tmp_path)
     engine.fit(model, datamodule=datamodule)
     assert model.category_names == ["alpha", "zeta"]
     checkpoint_path = engine.trainer.checkpoint_callback.best_model_path or str(tmp_path / "last.ckpt")
     if not Path(checkpoint_path).is_file():
         engine.trainer.save_checkpoint(checkpoint_path)
-    restored = ReContrast.load_from_checkpoint(checkpoint_path)
+    restored = type(model).load_from_checkpoint(checkpoint_path)
     assert restored.category_names == ["alpha", "zeta"]
 
 
-def test_plain_anomalib_datamodule_is_one_class_and_says_so(mvtec_tree, tmp_path: Path, caplog) -> None:
+@pytest.mark.parametrize("name", MODELS)
+def test_plain_anomalib_datamodule_is_one_class_and_says_so(name: str, mvtec_tree, tmp_path: Path, caplog) -> None:
     root = mvtec_tree(["bottle"])
     datamodule = MVTecAD(root=root, category="bottle", num_workers=0, train_batch_size=4)
-    model = _model()
+    model = _model(name)
     with caplog.at_level(logging.INFO, logger="anomalib_classaware"):
         _engine(tmp_path).fit(model, datamodule=datamodule)
     assert model.category_names == ["bottle"]
