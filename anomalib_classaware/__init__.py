@@ -17,6 +17,7 @@ _LAZY: dict[str, str] = {
     "PerCategoryEvaluator": "anomalib_classaware.metrics",
     "ClassAwareRecon": "anomalib_classaware.models",
     "ReContrast": "anomalib_classaware.models",
+    "Rlr": "anomalib_classaware.models",
 }
 
 __all__ = [
@@ -27,13 +28,14 @@ __all__ = [
     "MultiClassVisa",
     "PerCategoryEvaluator",
     "ReContrast",
+    "Rlr",
     "__version__",
 ]
 
 if TYPE_CHECKING:
     from anomalib_classaware.data import MultiClassDemo, MultiClassFolder, MultiClassMVTecAD, MultiClassVisa
     from anomalib_classaware.metrics import PerCategoryEvaluator
-    from anomalib_classaware.models import ClassAwareRecon, ReContrast
+    from anomalib_classaware.models import ClassAwareRecon, ReContrast, Rlr
 
 
 def __getattr__(name: str) -> object:

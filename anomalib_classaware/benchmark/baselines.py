@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -29,11 +28,12 @@ from torch import optim
 
 from anomalib_classaware.models.components import pixel_cosine_loss
 from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
-from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE, imagenet_pre_processor
+from anomalib_classaware.models.components.lightning_mixins import FeatureReconstructionMixin
+from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.reverse_distillation import ReverseDistillationModel
 
 
-class ComponentReverseDistillation(AnomalibModule):
+class ComponentReverseDistillation(FeatureReconstructionMixin, AnomalibModule):
     """Plain Reverse Distillation (Deng & Li, CVPR 2022) on any timm CNN, built from the shared components.
 
     Args:
@@ -90,11 +90,6 @@ class ComponentReverseDistillation(AnomalibModule):
             score_reduction=score_reduction,
         )
 
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics."""
-        return imagenet_pre_processor(image_size)
-
     def configure_optimizers(self) -> optim.Adam:
         """Adam on the bottleneck and decoder (the encoder is frozen)."""
         return optim.Adam(
@@ -110,18 +105,7 @@ class ComponentReverseDistillation(AnomalibModule):
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Predict scores and maps; the post-processor learns its threshold and normalisation from them."""
-        del args, kwargs  # These variables are not used.
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
-
     @property
     def trainer_arguments(self) -> dict[str, Any]:
         """No gradient clipping, no sanity validation; the training length is left to the user."""
         return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """Reverse Distillation learns from normal images only."""
-        return LearningType.ONE_CLASS

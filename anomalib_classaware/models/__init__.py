@@ -8,7 +8,8 @@ from anomalib_classaware._registry import expose_models
 
 from .class_aware_recon import ClassAwareRecon
 from .recontrast import ReContrast
+from .rlr import Rlr
 
-__all__ = ["ClassAwareRecon", "ReContrast"]
+__all__ = ["ClassAwareRecon", "ReContrast", "Rlr"]
 
-expose_models([ClassAwareRecon, ReContrast])
+expose_models([ClassAwareRecon, ReContrast, Rlr])

@@ -21,6 +21,7 @@ TINY = ("--model.backbone", "resnet18", "--model.pre_trained", "false", "--model
 MODEL_ARGS: dict[str, tuple[str, ...]] = {
     "ReContrast": (),
     "ClassAwareRecon": ("--model.class_labels", "pseudo", "--model.num_pseudo_classes", "2"),
+    "Rlr": ("--model.hidden_dims", "[32, 64]", "--model.num_layers", "1"),
 }
 
 

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -43,8 +42,13 @@ from anomalib_classaware.models.components.anomaly_map import MapReduction, Scor
 from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
 from anomalib_classaware.models.components.class_labels import ClassLabelsMixin
 from anomalib_classaware.models.components.contrastive import LocalNegatives
-from anomalib_classaware.models.components.lightning_mixins import OfflineCheckpointMixin, PlannedStepsMixin
-from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE, imagenet_pre_processor
+from anomalib_classaware.models.components.lightning_mixins import (
+    FeatureReconstructionMixin,
+    OfflineCheckpointMixin,
+    PlannedStepsMixin,
+    step_decay_schedule,
+)
+from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.components.pseudo_labels import NumClusters
 from anomalib_classaware.models.components.view_augmentation import ContrastiveViewAugmenter
 
@@ -54,7 +58,14 @@ from .torch_model import ClassAwareReconModel
 logger = logging.getLogger(__name__)
 
 
-class ClassAwareRecon(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixin, CategoryNamesMixin, AnomalibModule):
+class ClassAwareRecon(
+    FeatureReconstructionMixin,
+    OfflineCheckpointMixin,
+    PlannedStepsMixin,
+    ClassLabelsMixin,
+    CategoryNamesMixin,
+    AnomalibModule,
+):
     """Class-aware contrastive reconstruction (Reverse Distillation + projection + contrastive terms).
 
     Args:
@@ -163,11 +174,6 @@ class ClassAwareRecon(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixi
         )
         self.loss = ClassAwareReconLoss(temperature, global_weight, local_weight, local_negatives)
 
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics."""
-        return imagenet_pre_processor(image_size)
-
     def teacher_features(self, images: Tensor) -> list[Tensor]:
         """Frozen-teacher features of a pre-processed batch (used for pseudo-labels)."""
         return self.model.teacher_features(images)
@@ -200,9 +206,7 @@ class ClassAwareRecon(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixi
             lr=self.lr,
             betas=self.betas,
         )
-        milestone = max(1, int(self.lr_decay_fraction * self.planned_steps))
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=self.lr_decay_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return step_decay_schedule(optimizer, self.planned_steps, self.lr_decay_fraction, self.lr_decay_factor)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the batch, encode its augmented view, and return ``L_rec + l1 L_global + l2 L_local``."""
@@ -219,18 +223,7 @@ class ClassAwareRecon(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixi
             self.log(f"train_{name}_loss", getattr(losses, name).detach(), on_step=True, batch_size=batch_size)
         return {"loss": losses.total}
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Predict scores and maps; the post-processor learns its threshold and normalisation from them."""
-        del args, kwargs  # These variables are not used.
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
-
     @property
     def trainer_arguments(self) -> dict[str, Any]:
         """Gradient clipping at ``gradient_clip_val`` (code: 5), no sanity validation."""
         return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """Trained on normal images only (class labels are optional side information)."""
-        return LearningType.ONE_CLASS

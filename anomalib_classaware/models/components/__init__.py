@@ -1,6 +1,7 @@
 """Shared reconstruction kit: backbones, fusion bottleneck, mirrored decoder, anomaly maps, losses, noise, masks."""
 
 from .anomaly_map import AnomalyMapGenerator, cosine_distance_map
+from .attention import MaskedAttention
 from .attention_masks import neighbourhood_mask
 from .backbone import (
     FeatureInfo,
@@ -25,6 +26,7 @@ __all__ = [
     "CategoryNamesMixin",
     "FeatureDecoder",
     "FeatureInfo",
+    "MaskedAttention",
     "MultiScaleFusionBottleneck",
     "ResidualBlock",
     "alpha_schedule",

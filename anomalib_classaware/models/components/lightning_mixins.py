@@ -4,6 +4,8 @@
   (``trainer.estimated_stepping_batches``), which the papers' step-based schedules (learning-rate
   decay at 80 %, ReContrast's hard-mining ramp) scale to; recomputed for every new fit, so the
   schedules follow ``max_steps`` or ``max_epochs`` and continue correctly when a fit resumes.
+- :class:`FeatureReconstructionMixin`: ImageNet pre-processing, validation step, one-class learning
+  type; :func:`step_decay_schedule`: the papers' single step decay of all learning rates.
 - :class:`OfflineCheckpointMixin`: ``load_from_checkpoint`` defaults ``pre_trained=False`` and
   ``weights_path=None``: the checkpoint holds every weight, so loading must not need the model hub
   or the original weights file (air-gapped inspection lines).
@@ -15,7 +17,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.pre_processing import PreProcessor
 from lightning.fabric.utilities.types import _MAP_LOCATION_TYPE
+from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
+
+from .pre_processing import imagenet_pre_processor
 
 
 class PlannedStepsMixin:
@@ -69,3 +78,36 @@ class OfflineCheckpointMixin:
             weights_only=weights_only,
             **kwargs,
         )
+
+
+class FeatureReconstructionMixin:
+    """What every feature-reconstruction model of the package shares (put before ``AnomalibModule``).
+
+    ImageNet pre-processing, a validation step that returns the torch model's predictions (the
+    post-processor learns its threshold and normalisation from them), and the one-class learning type.
+    """
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics."""
+        return imagenet_pre_processor(image_size)
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Predict scores and maps; the post-processor learns its threshold and normalisation from them."""
+        del args, kwargs  # These variables are not used.
+        predictions = self.model(batch.image)  # type: ignore[attr-defined]
+        return batch.update(**predictions._asdict())
+
+    @property
+    def learning_type(self) -> LearningType:
+        """Trained on normal images only (class labels, where used, are side information)."""
+        return LearningType.ONE_CLASS
+
+
+def step_decay_schedule(
+    optimizer: torch.optim.Optimizer, planned_steps: int, decay_fraction: float, decay_factor: float
+) -> OptimizerLRScheduler:
+    """Optimizer config: every learning rate times ``decay_factor`` once, at ``decay_fraction`` of the steps."""
+    milestone = max(1, int(decay_fraction * planned_steps))
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=decay_factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -48,8 +47,13 @@ from anomalib_classaware.models.components.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
 from anomalib_classaware.models.components.class_labels import ClassLabelsMixin
 from anomalib_classaware.models.components.contrastive import ClassAwareContrastiveLoss, LocalNegatives
-from anomalib_classaware.models.components.lightning_mixins import OfflineCheckpointMixin, PlannedStepsMixin
-from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE, imagenet_pre_processor
+from anomalib_classaware.models.components.lightning_mixins import (
+    FeatureReconstructionMixin,
+    OfflineCheckpointMixin,
+    PlannedStepsMixin,
+    step_decay_schedule,
+)
+from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.components.pseudo_labels import NumClusters
 from anomalib_classaware.models.components.view_augmentation import ContrastiveViewAugmenter
 
@@ -57,7 +61,14 @@ from .loss import ReContrastLoss
 from .torch_model import ReContrastModel
 
 
-class ReContrast(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixin, CategoryNamesMixin, AnomalibModule):
+class ReContrast(
+    FeatureReconstructionMixin,
+    OfflineCheckpointMixin,
+    PlannedStepsMixin,
+    ClassLabelsMixin,
+    CategoryNamesMixin,
+    AnomalibModule,
+):
     """ReContrast Lightning module (unified multi-class recipe).
 
     Args:
@@ -180,11 +191,6 @@ class ReContrast(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixin, Ca
         )
         self.loss = ReContrastLoss(factor=hard_mining_factor)
 
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics."""
-        return imagenet_pre_processor(image_size)
-
     def on_fit_start(self) -> None:
         """Record the datamodule's category names (or one class, said once in the log) in the hyperparameters."""
         self._record_category_names()
@@ -213,9 +219,7 @@ class ReContrast(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixin, Ca
             weight_decay=self.weight_decay,
             amsgrad=True,
         )
-        milestone = max(1, int(self.lr_decay_fraction * self.planned_steps))
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=self.lr_decay_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return step_decay_schedule(optimizer, self.planned_steps, self.lr_decay_fraction, self.lr_decay_factor)
 
     def current_alpha(self) -> float:
         """Hard-mining threshold at the current global step."""
@@ -245,18 +249,7 @@ class ReContrast(OfflineCheckpointMixin, PlannedStepsMixin, ClassLabelsMixin, Ca
         self.log("train_hard_mining_alpha", alpha, on_step=True, on_epoch=False, batch_size=batch_size)
         return {"loss": loss}
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Predict scores and maps; the post-processor learns its threshold and normalisation from them."""
-        del args, kwargs  # These variables are not used.
-        predictions = self.model(batch.image)
-        return batch.update(**predictions._asdict())
-
     @property
     def trainer_arguments(self) -> dict[str, Any]:
         """No gradient clipping, no sanity validation; the training length is left to the user."""
         return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """ReContrast learns from normal images only."""
-        return LearningType.ONE_CLASS
