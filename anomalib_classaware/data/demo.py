@@ -38,6 +38,10 @@ class MultiClassDemo(MultiClassDataModule):
         num_test_good: Normal test images per category.
         num_test_defective: Defective test images per category.
         generation_seed: Seed of the generator (independent of ``seed``, which drives anomalib's splits).
+        skip_corrupt: Leave out unreadable files with one warning instead of failing (see
+            :class:`~anomalib_classaware.data.multiclass.MultiClassDataModule`).
+        check_images: Check every file at setup (about 0.3 s for the default demo data).
+        training_guards: Stop on a NaN/inf loss; resume with the saved random states.
 
     Example:
         >>> from anomalib.engine import Engine
@@ -70,6 +74,9 @@ class MultiClassDemo(MultiClassDataModule):
         val_split_ratio: float = 0.5,
         seed: int | None = None,
         per_category_metrics: bool = True,
+        skip_corrupt: bool = False,
+        check_images: bool = True,
+        training_guards: bool = True,
     ) -> None:
         if root is None:
             variant = f"{image_size}px-seed{generation_seed}-{num_train}-{num_test_good}-{num_test_defective}"
@@ -90,6 +97,9 @@ class MultiClassDemo(MultiClassDataModule):
             val_split_ratio=val_split_ratio,
             seed=seed,
             per_category_metrics=per_category_metrics,
+            skip_corrupt=skip_corrupt,
+            check_images=check_images,
+            training_guards=training_guards,
         )
         self.image_size = image_size
         self.num_train = num_train

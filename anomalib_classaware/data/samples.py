@@ -88,21 +88,49 @@ def resolve_categories(root: Path, categories: Sequence[str] | None, valid: Sequ
     return list(categories)
 
 
-def _image_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-    ignored = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-    if ignored:
-        logger.warning("Ignoring %d non-image file(s) in %s: %s", len(ignored), folder, ignored[:10])
+def _image_files(folder: Path, ignored: list[str] | None = None) -> list[Path]:
+    """Image files of ``folder`` (by suffix, hidden files skipped); other entries are appended to ``ignored``."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if ignored is not None:
+        ignored.extend(str(p) + ("/" if p.is_dir() else "") for p in entries if p not in images)
     return images
+
+
+def _other_entries(folder: Path, expected: Sequence[str] = ()) -> list[str]:
+    """Non-hidden entries of ``folder`` that are files, or folders not named in ``expected``."""
+    if not folder.is_dir():
+        return []
+    return [
+        str(p) + ("/" if p.is_dir() else "")
+        for p in sorted(folder.iterdir())
+        if not p.name.startswith(".") and (p.is_file() or p.name not in expected)
+    ]
+
+
+def warn_ignored(ignored: Sequence[str]) -> None:
+    """Log one warning listing the entries left out: files that are not images (by suffix), unexpected folders."""
+    if ignored:
+        logger.warning(
+            "Ignoring %d entries that are not image files (suffixes %s) or are not part of the MVTec layout "
+            "(train/good, test/<label>, ground_truth/<defect>):%s",
+            len(ignored),
+            " ".join(sorted(IMAGE_SUFFIXES)),
+            "".join(f"\n  {path}" for path in ignored),
+        )
 
 
 def _mask_stem(mask: Path) -> str:
     return mask.stem.removesuffix("_mask")
 
 
-def make_category_samples(category_root: Path, category: str, category_id: int) -> pd.DataFrame:
-    """Parse one category folder in MVTec layout into anomalib's samples columns plus category columns."""
+def make_category_samples(
+    category_root: Path, category: str, category_id: int, ignored: list[str] | None = None
+) -> pd.DataFrame:
+    """Parse one category folder in MVTec layout into anomalib's samples columns plus category columns.
+
+    Entries of the image folders that are not image files are appended to ``ignored`` (if given).
+    """
     if not (category_root / "train" / NORMAL_FOLDER).is_dir():
         msg = (
             f"Category folder {str(category_root)!r} has no 'train/{NORMAL_FOLDER}' sub-folder. Each category needs "
@@ -110,10 +138,14 @@ def make_category_samples(category_root: Path, category: str, category_id: int) 
         )
         raise FileNotFoundError(msg)
     rows: list[dict] = []
+    if ignored is not None:
+        ignored.extend(_other_entries(category_root, ("train", "test", "ground_truth")))
     for split in ("train", "test"):
         split_root = category_root / split
         if not split_root.is_dir():
             continue
+        if ignored is not None:
+            ignored.extend(path for path in _other_entries(split_root) if not path.endswith("/"))
         for label_dir in sorted(p for p in split_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if split == "train" and label_dir.name != NORMAL_FOLDER:
                 msg = (
@@ -133,23 +165,32 @@ def make_category_samples(category_root: Path, category: str, category_id: int) 
                     "category": category,
                     "category_id": category_id,
                 }
-                for image in _image_files(label_dir)
+                for image in _image_files(label_dir, ignored)
             )
     if not any(row["split"] == "train" for row in rows):
         msg = f"Category {category!r} has no training images in {str(category_root / 'train' / NORMAL_FOLDER)!r}."
         raise ValueError(msg)
-    _attach_masks(rows, category_root / "ground_truth")
+    _attach_masks(rows, category_root / "ground_truth", ignored)
     return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
 
 
-def _attach_masks(rows: list[dict], ground_truth: Path) -> None:
+def _attach_masks(rows: list[dict], ground_truth: Path, ignored: list[str] | None = None) -> None:
     """Pair each defective test image with ``ground_truth/<defect>/<name>[_mask].<ext>`` by name."""
     if not ground_truth.is_dir():
         return  # classification-only category
     masks: dict[tuple[str, str], Path] = {}
-    for defect_dir in sorted(p for p in ground_truth.iterdir() if p.is_dir()):
-        for mask in _image_files(defect_dir):
-            masks[(defect_dir.name, _mask_stem(mask))] = mask
+    if ignored is not None:
+        ignored.extend(path for path in _other_entries(ground_truth) if not path.endswith("/"))
+    for defect_dir in sorted(p for p in ground_truth.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for mask in _image_files(defect_dir, ignored):
+            key = (defect_dir.name, _mask_stem(mask))
+            if key in masks:
+                msg = (
+                    f"Masks {str(masks[key])!r} and {str(mask)!r} both belong to image {key[1]!r} of "
+                    f"test/{key[0]}; keep one mask per image (<name>_mask.<ext> or <name>.<ext>)."
+                )
+                raise ValueError(msg)
+            masks[key] = mask
     abnormal = [row for row in rows if row["split"] == "test" and row["label_index"] == LabelName.ABNORMAL]
     missing = []
     for row in abnormal:
@@ -180,9 +221,12 @@ def make_multiclass_samples(
     """Concatenate the samples of several categories; ``split`` selects ``"train"`` or ``"test"``.
 
     The task (``samples.attrs["task"]``) is segmentation when every defective image has a mask and
-    classification when none has; a mix is an error naming the categories without masks.
+    classification when none has; a mix is an error naming the categories without masks. Entries
+    that are not image files are left out with one warning listing them (hidden files silently).
     """
-    frames = [make_category_samples(root / name, name, index.id_of(name)) for name in categories]
+    ignored: list[str] = []
+    frames = [make_category_samples(root / name, name, index.id_of(name), ignored) for name in categories]
+    warn_ignored(ignored)
     samples = pd.concat(frames, ignore_index=True)
     abnormal = samples[(samples.split == "test") & (samples.label_index == LabelName.ABNORMAL)]
     with_masks = abnormal.groupby("category").mask_path.apply(lambda paths: bool((paths != "").all()))
@@ -194,5 +238,12 @@ def make_multiclass_samples(
         raise ValueError(msg)
     samples.attrs["task"] = "segmentation" if len(with_masks) and with_masks.all() else "classification"
     if split is not None:
-        samples = samples[samples.split == split].reset_index(drop=True)
+        samples = select_split(samples, split)
     return samples
+
+
+def select_split(samples: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Rows of ``split`` (``"train"``/``"test"``), index reset, ``attrs`` (the task) kept."""
+    selected = samples[samples.split == split].reset_index(drop=True)
+    selected.attrs = dict(samples.attrs)
+    return selected

@@ -45,7 +45,7 @@ import torch
 from anomalib.metrics import AUPRO, AUROC, AnomalibMetric, Evaluator, F1Max
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torch import nn
+from torch import distributed, nn
 from torchmetrics import Metric
 
 if TYPE_CHECKING:
@@ -237,8 +237,10 @@ class PerCategoryEvaluator(Evaluator):
     ``pixel_metrics=False`` to skip them. The metric sets are discarded after the epoch.
 
     Distributed runs: the per-category states are torchmetrics metrics, so ``compute()``
-    synchronises them across processes; every process must however see every category (category
-    discovery is not synchronised).
+    synchronises them across processes. Before that, the processes exchange the categories they
+    saw (``all_gather_object``) and each creates the ones it lacks, with an empty update of the
+    same field types, so every category's states are reduced with the same category's states of
+    the other processes, whichever process saw which category first (or at all).
 
     Checkpoints: the per-category metrics hold no persistent state, so they add no keys to the
     model's ``state_dict`` and strict ``load_from_checkpoint`` works before and after testing.
@@ -293,6 +295,8 @@ class PerCategoryEvaluator(Evaluator):
         self.category_metrics = _CategoryMetricsDict()
         self._category_keys: dict[str, str] = {}  # category name -> ModuleDict key
         self._category_ids: dict[str, int | None] = {}
+        self._field_templates: dict[str, dict[str, tuple[torch.dtype, tuple[int, ...]]]] = {}
+        self._device: torch.device | None = None
         self._default_category = DEFAULT_CATEGORY
         self._states_on_cpu = compute_on_cpu
         self.last_results: PerCategoryResults = {}
@@ -327,6 +331,7 @@ class PerCategoryEvaluator(Evaluator):
         self.category_metrics.clear()
         self._category_keys.clear()
         self._category_ids.clear()
+        self._field_templates.clear()
 
     # Lightning hooks ----------------------------------------------------------------------------
 
@@ -334,6 +339,7 @@ class PerCategoryEvaluator(Evaluator):
         """Decide where per-category metric states live, then set up the base metrics."""
         super().setup(trainer, pl_module, stage)
         self._states_on_cpu = self.compute_on_cpu and trainer.num_devices <= 1
+        self._device = pl_module.device
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from empty per-category state; name the fallback category after the datamodule."""
@@ -393,7 +399,9 @@ class PerCategoryEvaluator(Evaluator):
         for name in dict.fromkeys(names):
             index = [i for i, sample_name in enumerate(names) if sample_name == name]
             category_id = ids[index[0]] if ids is not None else None
-            self._metrics_for(name, category_id, batch).update(_select(batch, index, size))
+            selected = _select(batch, index, size)
+            self._metrics_for(name, category_id, batch).update(selected)
+            self._field_templates.setdefault(name, _field_template(selected))
 
     def compute(self) -> PerCategoryResults:
         """Compute the per-category metrics of the current test epoch and their mean.
@@ -403,6 +411,7 @@ class PerCategoryEvaluator(Evaluator):
             row has the same metric columns. Empty if no category received labelled samples.
 
         """
+        self._synchronise_categories()
         rows = {name: self.category_metrics[self._category_keys[name]].compute() for name in self.categories}
         rows = {name: row for name, row in rows.items() if row}
         columns = [metric for metric in METRIC_NAMES if any(metric in row for row in rows.values())]
@@ -412,6 +421,27 @@ class PerCategoryEvaluator(Evaluator):
         if results:
             results[MEAN_KEY] = {metric: _nanmean([row[metric] for row in results.values()]) for metric in columns}
         return results
+
+    def _synchronise_categories(self) -> None:
+        """Under ``torch.distributed``, give every process the categories seen by any process.
+
+        torchmetrics reduces a metric's states with those of the metric computed at the same point
+        on the other processes; :meth:`compute` goes through :attr:`categories` in the same order on
+        every process once they all hold the same categories. A category a process never saw gets
+        an empty update with the field dtypes and trailing shapes seen elsewhere, so its empty list
+        states gather with the others' (torchmetrics' own placeholder is a float vector).
+        """
+        if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() < 2:
+            return
+        local = {name: (self._category_ids[name], self._field_templates.get(name, {})) for name in self._category_keys}
+        gathered: list[Any] = [None] * distributed.get_world_size()
+        distributed.all_gather_object(gathered, local)
+        for categories in gathered:
+            for name, (category_id, template) in categories.items():
+                if name not in self._category_keys:
+                    empty = _empty_batch(template, self._device)
+                    self._metrics_for(name, category_id, empty).update(empty)
+                    self._field_templates[name] = template
 
     def _sample_categories(self, batch: Any, fallback: Any, size: int) -> tuple[list[str], list[int] | None]:
         sources = (batch, fallback)
@@ -453,6 +483,9 @@ class PerCategoryEvaluator(Evaluator):
         return metrics
 
     def _log(self, trainer: Trainer | None, pl_module: LightningModule | None, results: PerCategoryResults) -> None:
+        # The values are already reduced over processes (identical everywhere); ``sync_dist`` averages
+        # identical values and keeps Lightning from warning that epoch-level values are not synchronised.
+        sync_dist = trainer is not None and trainer.world_size > 1
         for category, row in results.items():
             for metric, value in row.items():
                 name = f"{category}/{metric}"
@@ -461,12 +494,28 @@ class PerCategoryEvaluator(Evaluator):
                     trainer.callback_metrics[name] = torch.tensor(value)
                     trainer.logged_metrics[name] = torch.tensor(value)
                 elif pl_module is not None:
-                    pl_module.log(name, value)
+                    pl_module.log(name, value, sync_dist=sync_dist)
 
 
 def _field_values(batch: Any) -> list[Any]:
     """Values of the prediction and target fields of ``batch`` that are set."""
     return [value for name in (*_IMAGE_FIELDS, *_PIXEL_FIELDS) if (value := getattr(batch, name, None)) is not None]
+
+
+def _field_template(batch: Any) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """``{field: (dtype, shape without the batch dimension)}`` of the tensor fields of ``batch``."""
+    return {
+        name: (value.dtype, tuple(value.shape[1:]))
+        for name in (*_IMAGE_FIELDS, *_PIXEL_FIELDS)
+        if isinstance(value := getattr(batch, name, None), torch.Tensor)
+    }
+
+
+def _empty_batch(template: dict[str, tuple[torch.dtype, tuple[int, ...]]], device: torch.device | None) -> Any:
+    """A batch of zero samples with the fields, dtypes and trailing shapes of ``template``."""
+    fields: dict[str, Any] = dict.fromkeys((*_IMAGE_FIELDS, *_PIXEL_FIELDS))
+    fields |= {name: torch.zeros((0, *shape), dtype=dtype, device=device) for name, (dtype, shape) in template.items()}
+    return SimpleNamespace(**fields)
 
 
 def _is_batch(value: Any) -> bool:

@@ -218,7 +218,15 @@ class ClassAwareRecon(
             augmented = self.model.encode_view(self.view_augmentation(batch.image))
         losses = self.loss(output, augmented, labels)
         batch_size = batch.image.shape[0]
-        self.log("train_loss", losses.total.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log(
+            "train_loss",
+            losses.total.detach(),
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
         for name in ("reconstruction", "global_contrastive", "local_contrastive"):
             self.log(f"train_{name}_loss", getattr(losses, name).detach(), on_step=True, batch_size=batch_size)
         return {"loss": losses.total}

@@ -25,6 +25,7 @@ from lightning.fabric.utilities.types import _MAP_LOCATION_TYPE
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
 from .pre_processing import imagenet_pre_processor
+from .training_guards import TrainingGuardsMixin
 
 
 class PlannedStepsMixin:
@@ -80,11 +81,12 @@ class OfflineCheckpointMixin:
         )
 
 
-class FeatureReconstructionMixin:
+class FeatureReconstructionMixin(TrainingGuardsMixin):
     """What every feature-reconstruction model of the package shares (put before ``AnomalibModule``).
 
     ImageNet pre-processing, a validation step that returns the torch model's predictions (the
-    post-processor learns its threshold and normalisation from them), and the one-class learning type.
+    post-processor learns its threshold and normalisation from them), the one-class learning type,
+    and the training guards (stop on a non-finite loss; random states in checkpoints).
     """
 
     @classmethod

@@ -245,7 +245,15 @@ class ReContrast(
             loss = loss + contrastive.total
             self.log("train_global_contrastive_loss", contrastive.global_loss.detach(), batch_size=batch_size)
             self.log("train_local_contrastive_loss", contrastive.local_loss.detach(), batch_size=batch_size)
-        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log(
+            "train_loss",
+            loss.detach(),
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
         self.log("train_hard_mining_alpha", alpha, on_step=True, on_epoch=False, batch_size=batch_size)
         return {"loss": loss}
 

@@ -165,7 +165,15 @@ class Rlr(FeatureReconstructionMixin, OfflineCheckpointMixin, CategoryNamesMixin
         losses = self.loss.level_losses(self.model(batch.image))
         loss = torch.stack(losses).sum()
         batch_size = batch.image.shape[0]
-        self.log("train_loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True, batch_size=batch_size)
+        self.log(
+            "train_loss",
+            loss.detach(),
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
         for level, level_loss in enumerate(losses):
             self.log(
                 f"train_loss_level{level}", level_loss.detach(), on_step=True, on_epoch=False, batch_size=batch_size
