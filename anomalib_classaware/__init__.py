@@ -16,12 +16,14 @@ _LAZY: dict[str, str] = {
     "MultiClassVisa": "anomalib_classaware.data",
     "PerCategoryEvaluator": "anomalib_classaware.metrics",
     "ClassAwareRecon": "anomalib_classaware.models",
+    "MintAd": "anomalib_classaware.models",
     "ReContrast": "anomalib_classaware.models",
     "Rlr": "anomalib_classaware.models",
 }
 
 __all__ = [
     "ClassAwareRecon",
+    "MintAd",
     "MultiClassDemo",
     "MultiClassFolder",
     "MultiClassMVTecAD",
@@ -35,7 +37,7 @@ __all__ = [
 if TYPE_CHECKING:
     from anomalib_classaware.data import MultiClassDemo, MultiClassFolder, MultiClassMVTecAD, MultiClassVisa
     from anomalib_classaware.metrics import PerCategoryEvaluator
-    from anomalib_classaware.models import ClassAwareRecon, ReContrast, Rlr
+    from anomalib_classaware.models import ClassAwareRecon, MintAd, ReContrast, Rlr
 
 
 def __getattr__(name: str) -> object:

@@ -7,9 +7,10 @@ has been imported (see :mod:`anomalib_classaware._registry`).
 from anomalib_classaware._registry import expose_models
 
 from .class_aware_recon import ClassAwareRecon
+from .mint_ad import MintAd
 from .recontrast import ReContrast
 from .rlr import Rlr
 
-__all__ = ["ClassAwareRecon", "ReContrast", "Rlr"]
+__all__ = ["ClassAwareRecon", "MintAd", "ReContrast", "Rlr"]
 
-expose_models([ClassAwareRecon, ReContrast, Rlr])
+expose_models([ClassAwareRecon, MintAd, ReContrast, Rlr])

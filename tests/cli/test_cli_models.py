@@ -22,6 +22,11 @@ MODEL_ARGS: dict[str, tuple[str, ...]] = {
     "ReContrast": (),
     "ClassAwareRecon": ("--model.class_labels", "pseudo", "--model.num_pseudo_classes", "2"),
     "Rlr": ("--model.hidden_dims", "[32, 64]", "--model.num_layers", "1"),
+    "MintAd": (
+        *("--model.neighbour_window", "3", "--model.hidden_dim", "32", "--model.num_heads", "4"),
+        *("--model.feedforward_dim", "64", "--model.num_encoder_layers", "1", "--model.num_decoder_layers", "1"),
+        *("--model.inr_hidden_dim", "32", "--model.embedding_dim", "8"),
+    ),
 }
 
 

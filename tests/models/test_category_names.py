@@ -17,9 +17,14 @@ from anomalib_classaware.models.components import batch_category_ids, validate_c
 MODELS = list(anomalib_classaware.models.__all__)
 
 
+# MINT-AD's tokens are at stride 16: 64 px gives a 4x4 grid, where a 3x3 neighbour mask leaves keys to attend to
+OVERRIDES: dict[str, dict] = {"MintAd": {"input_size": (64, 64), "neighbour_window": 3}}
+
+
 def _model(name: str):
     cls = getattr(anomalib_classaware.models, name)
-    return cls(backbone="resnet18", pre_trained=False, input_size=(32, 32), evaluator=False, visualizer=False)
+    kwargs = {"input_size": (32, 32), **OVERRIDES.get(name, {})}
+    return cls(backbone="resnet18", pre_trained=False, evaluator=False, visualizer=False, **kwargs)
 
 
 def _engine(tmp_path: Path) -> Engine:

@@ -18,7 +18,9 @@ from .decoder import FeatureDecoder
 from .feature_noise import feature_jitter, position_noise
 from .losses import alpha_schedule, global_cosine_hard_mining_loss, pixel_cosine_loss, scale_easy_gradients
 from .positional import fourier_features, grid_coordinates, sincos_positions
+from .standardizer import RunningStandardizer
 from .student import build_reverse_distillation_student
+from .transformer import LayerwiseQueryDecoderLayer, NeighbourMaskedEncoderLayer, check_attention_mask
 
 __all__ = [
     "AnomalyMapGenerator",
@@ -26,12 +28,16 @@ __all__ = [
     "CategoryNamesMixin",
     "FeatureDecoder",
     "FeatureInfo",
+    "LayerwiseQueryDecoderLayer",
     "MaskedAttention",
     "MultiScaleFusionBottleneck",
+    "NeighbourMaskedEncoderLayer",
     "ResidualBlock",
+    "RunningStandardizer",
     "alpha_schedule",
     "batch_category_ids",
     "build_reverse_distillation_student",
+    "check_attention_mask",
     "cosine_distance_map",
     "create_feature_extractor",
     "feature_jitter",
