@@ -7,12 +7,14 @@ standard deviation ~10. :class:`RunningStandardizer` maps every channel to zero 
 variance with the cumulative mean and variance of all features it has seen in training mode
 (exact over the batches seen, not an exponential average); in eval mode it is a fixed affine map
 (export-safe). The statistics are persistent buffers, so checkpoints restore them. A fresh module
-(nothing seen yet) is the identity.
+(nothing seen yet) is the identity. Under DDP every process adds the batches of all processes
+(an all-reduce), so the statistics are those of the global batch on every process.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -38,9 +40,12 @@ class RunningStandardizer(nn.Module):
     def update(self, features: Tensor) -> None:
         """Add a batch of ``(B, C, ...)`` features to the statistics."""
         values = features.detach().transpose(0, 1).reshape(features.shape[1], -1).double()
-        self.count += values.shape[1]
-        self.sum += values.sum(dim=1)
-        self.sum_sq += values.pow(2).sum(dim=1)
+        batch = torch.cat([values.new_full((1,), values.shape[1]), values.sum(dim=1), values.pow(2).sum(dim=1)])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(batch)  # every process adds the global batch, so the statistics stay identical
+        self.count += batch[0]
+        self.sum += batch[1 : 1 + values.shape[0]]
+        self.sum_sq += batch[1 + values.shape[0] :]
         mean = self.sum / self.count
         variance = (self.sum_sq / self.count - mean.pow(2)).clamp_min(0)
         self.mean.copy_(mean.float())
