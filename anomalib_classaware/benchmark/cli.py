@@ -2,6 +2,8 @@
 
 Examples:
     anomalib-classaware-bench --profile default --output bench/
+    anomalib-classaware-bench --profile speed --output bench_speed/   # CPU deployment table (speed.md)
+    anomalib-classaware-bench --profile quick --speed --output /tmp/q  # any profile, plus deployment speed
     anomalib-classaware-bench --profile smoke --output /tmp/smoke
     anomalib-classaware-bench --config my_bench.yaml --seeds "[0, 1]" --max_steps 200
     anomalib-classaware-bench --profile default --print_config   # show the full configuration
@@ -39,17 +41,25 @@ from anomalib_classaware.benchmark.config import (
     safe_name,
 )
 from anomalib_classaware.benchmark.report import (
+    LAYER_COLUMNS,
     RESULTS_CSV,
     RESULTS_MD,
     RESULTS_PNG,
+    SPEED_COLUMNS,
+    SPEED_CSV,
+    SPEED_LAYERS_CSV,
+    SPEED_MD,
     SUMMARY_CSV,
     WORKER_COLUMNS,
+    deployment_rows,
     number,
     read_results,
     summarize,
     write_chart,
     write_markdown,
     write_results,
+    write_rows,
+    write_speed_markdown,
     write_summary_csv,
 )
 from anomalib_classaware.benchmark.worker import Executor
@@ -86,14 +96,30 @@ def _profile_from_argv(argv: Sequence[str]) -> str | None:
     return None
 
 
+_BOOLEAN_WORDS = frozenset({"true", "false", "yes", "no", "1", "0", "on", "off"})
+
+
+def _bare_flags(arguments: Sequence[str], flags: Sequence[str] = ("--speed",)) -> list[str]:
+    """Read a boolean flag given without a value (``--speed``) as ``--speed=true``."""
+    result = []
+    for index, argument in enumerate(arguments):
+        following = arguments[index + 1] if index + 1 < len(arguments) else None
+        if argument in flags and (following is None or following.lower() not in _BOOLEAN_WORDS):
+            argument = f"{argument}=true"
+        result.append(argument)
+    return result
+
+
 def parse_config(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     """Parse the command line into a :class:`BenchmarkConfig` (a ``--profile`` is applied first).
+
+    ``--speed`` alone means ``--speed true``.
 
     Raises:
         SystemExit: on invalid arguments (jsonargparse prints the error).
 
     """
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    arguments = _bare_flags(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     profile = _profile_from_argv(arguments)
     if profile is not None:
@@ -166,6 +192,9 @@ def _run_payload(config: BenchmarkConfig, run: RunSpec, weights: tuple[str | Non
         "speed_batch_sizes": list(config.speed_batch_sizes),
         "speed_warmup": config.speed_warmup,
         "speed_repeats": config.speed_repeats,
+        "speed": config.speed,
+        "speed_threads": list(config.speed_threads),
+        "speed_variants": list(config.speed_variants),
         "threads": config.threads,
         "run_dir": str(output / "runs" / safe_name(run.run_id)),
         "keep_checkpoints": config.keep_checkpoints,
@@ -259,6 +288,82 @@ def write_reports(
     }
 
 
+def _speed_common(run: RunSpec, config: BenchmarkConfig) -> dict[str, Any]:
+    _, _, weights_label = resolve_weights(config.weights)
+    return {
+        "run_id": run.run_id,
+        "model": run.label,
+        "setting": run.setting,
+        "seed": run.seed,
+        "input_size": config.input_size,
+        "backbone": str(run.model.init_args.get("backbone", config.backbone)),
+        "weights": weights_label,
+    }
+
+
+def cpu_description() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``) and the cores this process may use."""
+    import os
+    import platform
+
+    name = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name or platform.processor() or 'unknown CPU'}, {cores} cores available"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def speed_header_lines(
+    config: BenchmarkConfig, categories: Sequence[str], speed_rows: Sequence[dict[str, Any]], command: str
+) -> list[str]:
+    """The ``speed.md`` header: machine, load, data, models' budget and how each number is measured."""
+    loads = [number(row.get("load_1min")) for row in speed_rows if row.get("load_1min") not in (None, "")]
+    loads = [value for value in loads if value == value]
+    load_text = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "–"
+    _, _, weights_label = resolve_weights(config.weights)
+    threads = ", ".join("all cores" if int(t) == 0 else str(t) for t in config.speed_threads)
+    return [
+        f"- Profile: `{config.profile or 'custom'}`; command: `{command}`",
+        f"- CPU: {cpu_description()}; 1-minute load average while timing: {load_text} (a shared machine is "
+        "slower and noisier than an idle one); torch "
+        f"{_version('torch')}, OpenVINO {_version('openvino')}, NNCF {_version('nncf')}",
+        f"- Data: `{config.data.class_path}`, categories {', '.join(categories)}; backbone `{config.backbone}` "
+        f"({weights_label}); input {config.input_size} px; training {budget_description(config)}, unified setting",
+        "- Every variant runs the same graph: pre-processing + model + post-processing (anomalib's exported graph; "
+        "torch eager: the module's `forward` under `inference_mode`), on real test images",
+        f"- Timing: median of {config.speed_repeats} synchronous passes after {config.speed_warmup} warm-up passes, "
+        f"batch sizes {', '.join(str(b) for b in config.speed_batch_sizes)}, threads {threads} "
+        "(torch: `torch.set_num_threads`; OpenVINO: `INFERENCE_NUM_THREADS`, one stream, latency hint); "
+        "ms/image = batch time / batch size, img/s = 1000 / (ms/image). With one thread the cells also give "
+        "the median process CPU time per image: what an idle core would take (unlike the wall clock it does not "
+        "grow while other processes hold the CPU); the speed targets are judged on it",
+        '- OpenVINO FP32: `Engine.export(export_type="openvino")`\'s graph (one ONNX trace); INT8: NNCF '
+        "post-training quantization (`INT8_PTQ`) of that graph, calibrated on the normal training images of "
+        "every category, `model_type=TRANSFORMER` for models with attention; the head (feature distances, anomaly "
+        'map, blur, score, post-processing) stays in floating point. "INT8, whole graph": every op quantized, '
+        "as anomalib's `INT8_PTQ` does",
+        "- Image AUROC: per category on the test set from the exported graph's normalised score (clamped to "
+        "[0, 1], so it can differ slightly from the main table's), then the mean; labels = eager: share of test "
+        "images with the same label as torch eager (images scoring within 1e-4 of the threshold left out); "
+        "score corr.: Pearson correlation with torch eager's scores",
+        f"- Targets (issue #8): OpenVINO FP32 faster than eager; INT8 ≥ 2× faster than FP32 with ≤ 1 point of "
+        f"image AUROC lost. Raw rows: `{SPEED_CSV}`, per-layer counters: `{SPEED_LAYERS_CSV}`",
+    ]
+
+
 def run_benchmark(config: BenchmarkConfig, command: str = PROG, progress: bool = True) -> Path:
     """Run every planned run not yet in ``<output>/results.csv``, then write the reports.
 
@@ -294,7 +399,15 @@ def run_benchmark(config: BenchmarkConfig, command: str = PROG, progress: bool =
 
     csv_path = output / RESULTS_CSV
     rows = read_results(csv_path)
-    done = {row["run_id"] for row in rows if row.get("status") == "ok" or not config.retry_failed}
+    speed_rows = read_results(output / SPEED_CSV)
+    layer_rows = read_results(output / SPEED_LAYERS_CSV)
+    measured = {row["run_id"] for row in speed_rows}
+    done = {
+        row["run_id"]
+        for row in rows
+        if (row.get("status") == "ok" or not config.retry_failed)
+        and not (config.speed and row.get("setting") == "unified" and row["run_id"] not in measured)
+    }
     todo = [run for run in runs if run.run_id not in done]
     bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="benchmark", unit="run", disable=not progress)
     try:
@@ -307,12 +420,25 @@ def run_benchmark(config: BenchmarkConfig, command: str = PROG, progress: bool =
                 bar.write(f"{run.run_id}: FAILED: {result.get('error')} (log: {log_path})")
             rows = [row for row in rows if row["run_id"] != run.run_id] + result_rows(run, result, config)
             write_results(rows, csv_path)
+            if "deployment" in result:
+                new_speed, new_layers = deployment_rows(_speed_common(run, config), result["deployment"])
+                speed_rows = [row for row in speed_rows if row["run_id"] != run.run_id] + new_speed
+                layer_rows = [row for row in layer_rows if row["run_id"] != run.run_id] + new_layers
+                write_rows(speed_rows, output / SPEED_CSV, SPEED_COLUMNS)
+                write_rows(layer_rows, output / SPEED_LAYERS_CSV, LAYER_COLUMNS)
             bar.update()
     finally:
         bar.close()
     planned = {run.run_id for run in runs}
     report_rows = [row for row in rows if row["run_id"] in planned]
     write_reports(report_rows, config, categories, command, time.perf_counter() - start, len(todo))
+    if config.speed or speed_rows:
+        write_speed_markdown(
+            [row for row in speed_rows if row["run_id"] in planned],
+            [row for row in layer_rows if row["run_id"] in planned],
+            output / SPEED_MD,
+            speed_header_lines(config, categories, speed_rows, command),
+        )
     return output
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 Setting = Literal["unified", "separate"]
 SETTINGS: tuple[str, ...] = ("unified", "separate")
 
-PROFILES: tuple[str, ...] = ("smoke", "quick", "default")
+PROFILES: tuple[str, ...] = ("smoke", "quick", "default", "speed")
 """Profiles shipped as YAML files in ``anomalib_classaware/benchmark/profiles/``."""
 
 PACKAGE_WEIGHTS = {
@@ -98,13 +98,21 @@ class BenchmarkConfig:
         speed_batch_sizes: Batch sizes of the inference-speed measurement (empty: skip it).
         speed_warmup: Untimed forward passes before timing.
         speed_repeats: Timed forward passes; the median is reported.
+        speed: Deployment speed (``--speed``): export each unified model to OpenVINO FP32 and INT8
+            (post-training quantization calibrated on the normal training images of every
+            category), time torch eager and both IRs at ``speed_batch_sizes`` x ``speed_threads``
+            on test images, score the test set with each (image AUROC, agreement with eager) and
+            profile OpenVINO's layers; writes ``speed.csv``, ``speed_layers.csv`` and ``speed.md``.
+        speed_threads: Thread counts of the deployment timings (``0``: all cores).
+        speed_variants: Deployment variants: ``torch``, ``openvino_fp32``, ``openvino_int8_ptq`` (network
+            in INT8, head in floating point) and ``openvino_int8_ptq_full`` (whole graph, as anomalib).
         threads: torch intra-op threads in each run (``None``: torch's default).
         isolate: Run each run in its own worker process (own peak memory, crash isolation).
         run_timeout: Seconds after which an isolated run is stopped and recorded as failed.
         retry_failed: Re-run runs recorded as failed (successful runs are always skipped).
         keep_checkpoints: Keep each run's Lightning checkpoint under ``<output>/runs``.
         output: Output folder (CSV, Markdown, PNG, logs, run folders).
-        profile: Packaged profile to start from: ``smoke``, ``quick`` or ``default`` (applied before
+        profile: Packaged profile to start from: ``smoke``, ``quick``, ``default`` or ``speed`` (applied before
             ``--config`` files and other flags; recorded in the reports).
 
     """
@@ -121,6 +129,9 @@ class BenchmarkConfig:
     speed_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     speed_warmup: int = 2
     speed_repeats: int = 5
+    speed: bool = False
+    speed_threads: list[int] = field(default_factory=lambda: [1, 0])
+    speed_variants: list[str] = field(default_factory=lambda: ["torch", "openvino_fp32", "openvino_int8_ptq"])
     threads: int | None = None
     isolate: bool = True
     run_timeout: float | None = None

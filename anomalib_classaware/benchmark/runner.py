@@ -6,6 +6,7 @@ through :mod:`anomalib_classaware.benchmark.worker`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import logging
@@ -14,7 +15,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from torch import nn
 
 from anomalib_classaware.benchmark.config import COMPONENT_RD, ModelSpec, uses_component_rd
-from anomalib_classaware.benchmark.speed import measure_inference_speed
+from anomalib_classaware.benchmark.speed import DEFAULT_VARIANTS, measure_deployment, measure_inference_speed
 from anomalib_classaware.metrics import PerCategoryEvaluator
 from anomalib_classaware.models.components import load_backbone_weights
 
@@ -167,20 +168,51 @@ def _load_features(extractor: nn.Module, state_dict: Mapping[str, torch.Tensor],
     extractor.load_state_dict(selected, strict=True)
 
 
+_PRETRAINED_MARK = "_anomalib_classaware_wants_pretrained"
+
+
+@contextlib.contextmanager
+def timm_pretrained_from_local_file() -> Iterator[None]:
+    """While a model is built: ``timm.create_model(pretrained=True)`` downloads nothing and marks the model.
+
+    anomalib models such as ``Stfpm`` hard-code ``pre_trained=True`` for their teacher (a download)
+    and build the student without weights; the marked extractors then get the local weights file
+    (:func:`load_weights_into_timm_extractors`) and the others keep their random initialisation.
+    """
+    create_model = timm.create_model
+
+    def create_without_download(*args: Any, **kwargs: Any) -> nn.Module:
+        wanted = bool(kwargs.get("pretrained"))
+        module = create_model(*args, **{**kwargs, "pretrained": False})
+        if wanted:
+            setattr(module, _PRETRAINED_MARK, True)
+        return module
+
+    timm.create_model = create_without_download
+    try:
+        yield
+    finally:
+        timm.create_model = create_model
+
+
 def load_weights_into_timm_extractors(model: nn.Module, backbone: str, weights_path: str) -> int:
-    """Load a local classifier checkpoint into every anomalib ``TimmFeatureExtractor`` of ``backbone`` in ``model``.
+    r"""Load a local classifier checkpoint into anomalib ``TimmFeatureExtractor``\ s of ``backbone`` in ``model``.
+
+    If the model was built under :func:`timm_pretrained_from_local_file`, only the extractors that
+    asked for pretrained weights are loaded (e.g. STFPM's teacher, not its student); otherwise all.
 
     Returns:
         The number of extractors loaded.
 
     """
     state_dict = load_backbone_weights(backbone, weights_path)
-    loaded = 0
-    for module in model.modules():
-        if isinstance(module, TimmFeatureExtractor) and module.backbone == backbone:
-            _load_features(module.feature_extractor, state_dict, weights_path)
-            loaded += 1
-    return loaded
+    extractors = [
+        module for module in model.modules() if isinstance(module, TimmFeatureExtractor) and module.backbone == backbone
+    ]
+    requested = [module for module in extractors if getattr(module.feature_extractor, _PRETRAINED_MARK, False)]
+    for module in requested or extractors:
+        _load_features(module.feature_extractor, state_dict, weights_path)
+    return len(requested or extractors)
 
 
 def build_model(
@@ -243,7 +275,9 @@ def build_model(
         if isinstance(default_layers, Sequence) and not isinstance(default_layers, str):
             kwargs["layers"] = translate_layers(list(default_layers), backbone)
     kwargs.update(init_args)
-    model = cls(**kwargs)
+    local_weights = weights_path is not None and takes_backbone and "weights_path" not in parameters
+    with timm_pretrained_from_local_file() if local_weights else contextlib.nullcontext():
+        model = cls(**kwargs)
 
     weights_record = "timm pretrained" if kwargs.get("pre_trained") else "random init"
     if weights_path is not None and takes_backbone:
@@ -338,10 +372,13 @@ def execute_run(payload: Mapping[str, Any]) -> dict[str, Any]:
         payload: ``model`` (ModelSpec fields), ``setting``, ``seed``, ``categories``, ``data``
             (``class_path``, ``init_args``), ``backbone``, ``weights_path``, ``pre_trained``,
             ``input_size``, ``max_steps``, ``max_epochs``, ``speed_batch_sizes``, ``speed_warmup``,
-            ``speed_repeats``, ``threads``, ``run_dir``, ``keep_checkpoints``.
+            ``speed_repeats``, ``threads``, ``run_dir``, ``keep_checkpoints``; optionally ``speed``,
+            ``speed_threads``, ``speed_variants`` (deployment speed of unified runs).
 
     Returns:
-        ``{"status": "ok", "metrics": {category: {metric: value}}, ...measurements}``.
+        ``{"status": "ok", "metrics": {category: {metric: value}}, ...measurements}``; with ``speed``,
+        ``deployment``: the result of :func:`~anomalib_classaware.benchmark.speed.measure_deployment`
+        (or ``{"error": ...}`` if the export or a measurement failed: the run's metrics are kept).
 
     """
     if payload.get("threads"):
@@ -396,10 +433,14 @@ def execute_run(payload: Mapping[str, Any]) -> dict[str, Any]:
         warmup=int(payload.get("speed_warmup", 2)),
         repeats=int(payload.get("speed_repeats", 5)),
     )
+    deployment = None
+    if payload.get("speed") and payload.get("setting") == "unified":
+        deployment = _deployment(model, datamodule, input_size, run_dir / "deploy", payload)
     network = model.model
     if not payload.get("keep_checkpoints"):
         for checkpoint in run_dir.rglob("*.ckpt"):
             checkpoint.unlink()
+        shutil.rmtree(run_dir / "deploy", ignore_errors=True)
     return {
         "status": "ok",
         "metrics": results,
@@ -418,4 +459,28 @@ def execute_run(payload: Mapping[str, Any]) -> dict[str, Any]:
         "params": sum(parameter.numel() for parameter in network.parameters()),
         "trainable_params": sum(parameter.numel() for parameter in network.parameters() if parameter.requires_grad),
         "peak_rss_mb": peak_rss_mb(),
+        **({"deployment": deployment} if deployment is not None else {}),
     }
+
+
+def _deployment(
+    model: AnomalibModule, datamodule: Any, input_size: int, workdir: Path, payload: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Deployment speed and quality of a trained model; a failure is returned as ``{"error": ...}``."""
+    start = time.perf_counter()
+    try:
+        result = measure_deployment(
+            model,
+            datamodule,
+            input_size,
+            workdir,
+            batch_sizes=[int(size) for size in payload.get("speed_batch_sizes", (1, 8))],
+            thread_counts=[int(threads) for threads in payload.get("speed_threads", (1, 0))],
+            warmup=int(payload.get("speed_warmup", 2)),
+            repeats=int(payload.get("speed_repeats", 5)),
+            variants=list(payload.get("speed_variants") or DEFAULT_VARIANTS),
+        )
+    except Exception as error:  # recorded in speed.md; the run's quality metrics stay valid
+        logger.exception("Deployment measurement failed")
+        return {"error": f"{type(error).__name__}: {error}", "wall_time_s": time.perf_counter() - start}
+    return {**result, "wall_time_s": time.perf_counter() - start}

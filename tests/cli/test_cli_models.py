@@ -101,3 +101,24 @@ def test_openvino_export_from_checkpoint(trained_run: tuple[str, Path]) -> None:
     export = ["export", *_model_args(name), "--ckpt_path", str(_checkpoint(name, work))]
     _anomalib([*export, "--export_type", "openvino", "--input_size", "[64, 64]"], work)
     assert (work / "results" / "weights" / "openvino" / "model.xml").is_file()
+
+
+@pytest.mark.slow
+def test_mint_ad_true_label_conditioning_from_the_cli(tmp_path: Path) -> None:
+    """The ablation that conditions MintAd on the true category (validation/test only) runs through the CLI."""
+    if "MintAd" not in _model_names():
+        pytest.skip("MintAd is not registered")
+    result = _anomalib(
+        [
+            "train",
+            *_model_args("MintAd"),
+            *("--model.class_conditioning", "true_label"),
+            *("--data", "MultiClassDemo", "--data.root", str(tmp_path / "demo"), "--data.image_size", "64"),
+            *("--data.num_train", "4", "--data.num_test_good", "2", "--data.num_test_defective", "2"),
+            *("--data.num_workers", "0", "--data.categories", "[brick, coffee]", "--trainer.max_steps", "2"),
+        ],
+        tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert "test_class_accuracy" in output
+    assert "coffee/image_AUROC" in output

@@ -318,30 +318,6 @@ def test_torch_model_exports_with_torch_export() -> None:
     torch.testing.assert_close(got.anomaly_map, expected.anomaly_map)
 
 
-def _demo_images(root, size: int) -> torch.Tensor:
-    """Real demo photographs (normal and defective) as a float batch in [0, 1]."""
-    build_demo_dataset(
-        root, categories=["brick", "coffee"], image_size=size, num_train=1, num_test_good=1, num_test_defective=2
-    )
-    paths = sorted(root.glob("*/test/*/*.png"))
-    return torch.stack([read_image(path, as_tensor=True) for path in paths])
-
-
-def test_openvino_export_matches_torch_on_demo_images(tmp_path) -> None:
-    openvino = pytest.importorskip("openvino")
-    model = small_model(size=64).eval()
-    xml_path = model.to_openvino(tmp_path / "export", input_size=(64, 64), onnx_kwargs={"opset_version": 18})
-    images = _demo_images(tmp_path / "demo", 64)
-    assert images.shape == (6, 3, 64, 64)
-    with torch.no_grad():
-        expected = model(images)
-    compiled = openvino.Core().compile_model(str(xml_path), "CPU")
-    results = compiled(images.numpy())
-    outputs = {port.get_any_name(): torch.from_numpy(results[port]) for port in compiled.outputs}
-    assert (outputs["pred_score"] - expected.pred_score).abs().max() <= 1e-4
-    assert (outputs["anomaly_map"] - expected.anomaly_map).abs().max() <= 1e-4
-
-
 def test_loss_falls_on_demo_data_without_nan(tmp_path) -> None:
     """A few dozen steps of the unified recipe on real demo photographs of two categories (brick, coffee)."""
     torch.manual_seed(0)

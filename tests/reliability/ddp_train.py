@@ -1,13 +1,14 @@
-"""Train one tiny model with Lightning DDP (or one process) and write what the DDP tests compare.
+"""Train tiny models with Lightning DDP (or one process) and write what the DDP tests compare.
 
 Run from the repository root (Lightning's ``ddp`` strategy re-launches this same command for the other
-processes)::
+processes; the models are trained one after the other in the same process group, so the launch and
+import costs are paid once)::
 
-    python -m tests.reliability.ddp_train ReContrast DATA OUT --devices 2 --global-batch 4 --steps 2
+    python -m tests.reliability.ddp_train ReContrast,Rlr DATA OUT --devices 2 --global-batch 4 --steps 2
 
-Per process it writes ``OUT/rank<r>.json`` (per-step local losses, global step, per-category test
-metrics) and, on rank 0, ``OUT/weights.pt`` (the trained torch model's parameters) and
-``OUT/initial.pt`` (their values before training) and ``OUT/gradients.pt`` (the first step's
+Per model and process it writes ``OUT/<model>/rank<r>.json`` (per-step local losses, global step,
+per-category test metrics) and, on rank 0, ``OUT/<model>/weights.pt`` (the trained torch model's
+parameters), ``initial.pt`` (their values before training) and ``gradients.pt`` (the first step's
 gradients, after DDP's all-reduce).
 
 For a like-for-like comparison the training order is fixed (no shuffling; the distributed sampler
@@ -111,21 +112,10 @@ class _Losses(Callback):
         self.losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
 
 
-def main() -> None:
-    """Parse the arguments, train, test and write the results."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("model")
-    parser.add_argument("data", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--devices", type=int, default=1)
-    parser.add_argument("--global-batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--frozen-batchnorm", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-
+def train_and_test(name: str, data: Path, out: Path, devices: int, global_batch: int, steps: int, frozen: bool) -> None:
+    """Train ``name`` ``steps`` steps on ``devices`` processes, test it, and write the results under ``out``."""
     datamodule = tiny_datamodule(
-        args.data, train_batch_size=args.global_batch // args.devices, eval_batch_size=2, per_category_metrics=True
+        data, train_batch_size=global_batch // devices, eval_batch_size=2, per_category_metrics=True
     )
 
     def ordered_train_dataloader() -> DataLoader:
@@ -140,15 +130,15 @@ def main() -> None:
     datamodule.train_dataloader = ordered_train_dataloader  # type: ignore[method-assign]
 
     seed_everything(0, workers=True)
-    model = make_model(args.model, **NO_NOISE.get(args.model, {}))
-    if args.frozen_batchnorm:
+    model = make_model(name, **NO_NOISE.get(name, {}))
+    if frozen:
         _freeze_batchnorm(model.model)
     start = _SameStart()
     losses = _Losses()
-    strategy = {"strategy": "ddp", "devices": args.devices} if args.devices > 1 else {"devices": 1}
+    strategy = {"strategy": "ddp", "devices": devices} if devices > 1 else {"devices": 1}
     engine = Engine(
-        max_steps=args.steps,
-        default_root_dir=args.out / "results",
+        max_steps=steps,
+        default_root_dir=out / "results",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -168,12 +158,30 @@ def main() -> None:
         "per_category": getattr(model.evaluator, "last_results", {}),
         "pid": os.getpid(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"rank{rank}.json").write_text(json.dumps(results))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps(results))
     if rank == 0:
-        torch.save({name: value.detach() for name, value in model.model.named_parameters()}, args.out / "weights.pt")
-        torch.save(start.initial, args.out / "initial.pt")
-        torch.save(losses.first_gradients, args.out / "gradients.pt")
+        torch.save({name: value.detach() for name, value in model.model.named_parameters()}, out / "weights.pt")
+        torch.save(start.initial, out / "initial.pt")
+        torch.save(losses.first_gradients, out / "gradients.pt")
+
+
+def main() -> None:
+    """Parse the arguments, then train, test and write the results of each model."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", help="comma-separated model names")
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--global-batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--frozen-batchnorm", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for name in args.models.split(","):
+        train_and_test(
+            name, args.data, args.out / name, args.devices, args.global_batch, args.steps, args.frozen_batchnorm
+        )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 import anomalib_classaware.models as models
 from anomalib_classaware.data import MultiClassFolder
 from tests.conftest import write_mvtec_category
+from tests.tiny_models import TINY_INIT_ARGS
 
 MODEL_NAMES: list[str] = list(models.__all__)
 
@@ -27,18 +28,9 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     # two reconstructed levels: 4x fewer trainable parameters, so optimizer steps and checkpoints are cheap
     "ClassAwareRecon": {"layers": (1, 2)},
     "ReContrast": {"layers": (1, 2)},
-    "MintAd": {
-        "input_size": (64, 64),  # stride-16 tokens: 32 px would leave a 2x2 grid, too small for the window
-        "hidden_dim": 32,
-        "num_heads": 4,
-        "feedforward_dim": 64,
-        "num_encoder_layers": 1,
-        "num_decoder_layers": 1,
-        "neighbour_window": 3,
-        "embedding_dim": 8,
-        "inr_hidden_dim": 32,
-    },
-    "Rlr": {"hidden_dims": (32, 64), "num_layers": 1, "num_heads": 4},
+    # stride-16 tokens: 32 px would leave a 2x2 grid, too small for the window
+    "MintAd": {"input_size": (64, 64), **TINY_INIT_ARGS["MintAd"]},
+    "Rlr": TINY_INIT_ARGS["Rlr"],
 }
 
 TRAINED_CATEGORIES = ("alpha", "beta")

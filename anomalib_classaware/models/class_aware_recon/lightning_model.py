@@ -48,6 +48,7 @@ from anomalib_classaware.models.components.lightning_mixins import (
     PlannedStepsMixin,
     step_decay_schedule,
 )
+from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
 from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.components.pseudo_labels import NumClusters
 from anomalib_classaware.models.components.view_augmentation import ContrastiveViewAugmenter
@@ -59,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 
 class ClassAwareRecon(
+    NetworkInt8ExportMixin,
     FeatureReconstructionMixin,
     OfflineCheckpointMixin,
     PlannedStepsMixin,

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from anomalib.models.components import GaussianBlur2d
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+from .blur import SeparableGaussianBlur2d
 
 MapReduction = Literal["sum", "mean"]
 ScoreReduction = Literal["max", "topk_mean"]
@@ -70,7 +71,7 @@ class AnomalyMapGenerator(nn.Module):
         self.topk_ratio = float(topk_ratio)
         self.topk = max(1, int(self.topk_ratio * self.image_size[0] * self.image_size[1]))
         self.blur: nn.Module = (
-            GaussianBlur2d(sigma=float(sigma), channels=1, kernel_size=kernel_size) if sigma > 0 else nn.Identity()
+            SeparableGaussianBlur2d(float(sigma), channels=1, kernel_size=kernel_size) if sigma > 0 else nn.Identity()
         )
 
     def pair_map(self, target: Tensor, reconstruction: Tensor) -> Tensor:

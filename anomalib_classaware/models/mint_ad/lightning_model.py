@@ -73,6 +73,7 @@ from anomalib_classaware.models.components.categories import (
     validate_category_names,
 )
 from anomalib_classaware.models.components.lightning_mixins import OfflineCheckpointMixin, PlannedStepsMixin
+from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
 from anomalib_classaware.models.components.pre_processing import imagenet_pre_processor
 from anomalib_classaware.models.components.training_guards import TrainingGuardsMixin
 
@@ -85,7 +86,14 @@ ClassConditioning = Literal["predicted", "true_label"]
 UNIAD_INPUT_SIZE = (224, 224)
 
 
-class MintAd(TrainingGuardsMixin, OfflineCheckpointMixin, PlannedStepsMixin, CategoryNamesMixin, AnomalibModule):
+class MintAd(
+    NetworkInt8ExportMixin,
+    TrainingGuardsMixin,
+    OfflineCheckpointMixin,
+    PlannedStepsMixin,
+    CategoryNamesMixin,
+    AnomalibModule,
+):
     """MINT-AD Lightning module (unified multi-class recipe on UniAD's base).
 
     Args:

@@ -53,6 +53,7 @@ from anomalib_classaware.models.components.lightning_mixins import (
     PlannedStepsMixin,
     step_decay_schedule,
 )
+from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
 from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.components.pseudo_labels import NumClusters
 from anomalib_classaware.models.components.view_augmentation import ContrastiveViewAugmenter
@@ -62,6 +63,7 @@ from .torch_model import ReContrastModel
 
 
 class ReContrast(
+    NetworkInt8ExportMixin,
     FeatureReconstructionMixin,
     OfflineCheckpointMixin,
     PlannedStepsMixin,

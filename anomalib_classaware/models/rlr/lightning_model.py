@@ -42,13 +42,16 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
 from anomalib_classaware.models.components.lightning_mixins import FeatureReconstructionMixin, OfflineCheckpointMixin
+from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
 from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
 
 from .loss import RlrLoss
 from .torch_model import RlrModel
 
 
-class Rlr(FeatureReconstructionMixin, OfflineCheckpointMixin, CategoryNamesMixin, AnomalibModule):
+class Rlr(
+    NetworkInt8ExportMixin, FeatureReconstructionMixin, OfflineCheckpointMixin, CategoryNamesMixin, AnomalibModule
+):
     """RLR Lightning module (unified multi-class recipe).
 
     Args:
