@@ -97,10 +97,20 @@ def test_test_and_predict_from_checkpoint_in_new_processes(trained_run: tuple[st
 
 @pytest.mark.slow
 def test_openvino_export_from_checkpoint(trained_run: tuple[str, Path]) -> None:
+    """``anomalib export`` to OpenVINO FP32, then INT8_PTQ calibrated on the demo's normal training images."""
+    import openvino as ov
+
     name, work = trained_run
     export = ["export", *_model_args(name), "--ckpt_path", str(_checkpoint(name, work))]
-    _anomalib([*export, "--export_type", "openvino", "--input_size", "[64, 64]"], work)
-    assert (work / "results" / "weights" / "openvino" / "model.xml").is_file()
+    export += ["--export_type", "openvino", "--input_size", "[64, 64]"]
+    _anomalib([*export, "--export_root", str(work / "fp32")], work)
+    assert (work / "fp32" / "weights" / "openvino" / "model.xml").is_file()
+    data = ["--data", "MultiClassDemo", "--data.root", str(work / "demo" / "MultiClassDemo"), "--data.image_size", "64"]
+    data += ["--data.num_train", "6", "--data.num_test_good", "3", "--data.num_test_defective", "3"]
+    data += ["--data.num_workers", "0", "--data.categories", "[brick, coffee]"]
+    _anomalib([*export, "--export_root", str(work / "int8"), "--compression_type", "INT8_PTQ", *data], work)
+    quantized = ov.Core().read_model(work / "int8" / "weights" / "openvino" / "model.xml")
+    assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
 
 
 @pytest.mark.slow
