@@ -271,10 +271,11 @@ def export_openvino_variants(
             import nncf
 
             converted = nncf.compress_weights(fp32.clone())
-        elif variant.startswith("int8_ptq"):
-            scope = {"ignored_scope": ignored_head_scope(fp32, head)} if variant == "int8_ptq" else {}
+        elif variant == "int8_ptq":
+            converted = quantize_network(model, fp32, head, calibration, model_type, subset_size)
+        elif variant == "int8_ptq_full":
             model_type_value = nncf_model_type(model.model, model_type)
-            converted = quantize_openvino(fp32, calibration, model_type_value, subset_size=subset_size, **scope)
+            converted = quantize_openvino(fp32, calibration, model_type_value, subset_size=subset_size)
         else:
             converted = fp32
         paths[variant] = folder / "model.xml"
