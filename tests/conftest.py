@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +15,7 @@ from PIL import Image
 
 # Never write the demo dataset into the user's cache from tests (subprocesses inherit this).
 os.environ["ANOMALIB_CLASSAWARE_CACHE"] = tempfile.mkdtemp(prefix="anomalib_classaware_test_cache_")
+atexit.register(shutil.rmtree, os.environ["ANOMALIB_CLASSAWARE_CACHE"], ignore_errors=True)
 
 
 def write_mvtec_category(
