@@ -23,10 +23,13 @@ _EXPORT_NAMES = frozenset(
         "VARIANTS",
         "export_openvino_variants",
         "has_attention",
-        "heat_map",
         "head_node_names",
         "ignored_head_scope",
+        "image_auroc_metric",
+        "labelled_score_fn",
         "nncf_model_type",
+        "quantize_network",
+        "quantize_network_with_accuracy_control",
         "quantize_openvino",
     }
 )
@@ -53,9 +56,13 @@ __all__ = [
     "head_node_names",
     "heat_map",
     "ignored_head_scope",
+    "image_auroc_metric",
     "iter_image_paths",
+    "labelled_score_fn",
     "nncf_model_type",
     "overlay",
+    "quantize_network",
+    "quantize_network_with_accuracy_control",
     "quantize_openvino",
     "read_rgb",
 ]

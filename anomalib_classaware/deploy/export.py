@@ -25,7 +25,7 @@ The exported graph is anomalib's: pre-processing, the torch model and post-proce
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import nncf
     import openvino as ov
     from anomalib.models.components import AnomalibModule
+    from torchmetrics import Metric
 
 Variant = Literal["fp32", "fp16", "int8", "int8_ptq", "int8_ptq_full"]
 VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8_ptq", "int8_ptq_full")
@@ -325,5 +326,103 @@ def quantize_network(
         calibration,
         nncf_model_type(model.model, model_type),
         subset_size=subset_size,
+        ignored_scope=ignored_head_scope(fp32, head),
+    )
+
+
+def image_auroc_metric() -> Metric:
+    """The default metric of the package's ``INT8_ACQ``: image AUROC of ``pred_score`` against ``gt_label``.
+
+    anomalib's ``INT8_ACQ`` defaults to the F1 score of the thresholded labels; the AUROC of the
+    scores sees a damaged score ranking even where few labels flip on a small validation set.
+    """
+    from anomalib.metrics import AUROC
+
+    return AUROC(fields=["pred_score", "gt_label"])
+
+
+def labelled_score_fn(metric: Metric) -> Callable[[Any, Iterable[Any]], float]:
+    """NNCF ``validation_fn``: ``metric`` of an OpenVINO model's outputs on labelled anomalib batches.
+
+    Every output of the exported graph is handed to the metric (scores, labels, maps, masks) with
+    the batch's ground truth, so image- and pixel-level anomalib metrics work.
+
+    The metric is reset before every evaluation (NNCF evaluates the FP32 and several partly
+    quantized models with it; anomalib's ``INT8_ACQ`` accumulates across them).
+    """
+    from anomalib.data import ImageBatch
+
+    def output(outputs: Any, name: str) -> torch.Tensor | None:
+        names = {next(iter(port.get_names())): port for port in outputs}
+        return torch.from_numpy(np.asarray(outputs[names[name]])) if name in names else None
+
+    def validate(compiled_model: Any, batches: Iterable[Any]) -> float:
+        metric.reset()
+        for batch in batches:
+            outputs = compiled_model(np.asarray(batch.image, dtype=np.float32))
+            score, label = output(outputs, "pred_score"), output(outputs, "pred_label")
+            anomaly_map, pred_mask = output(outputs, "anomaly_map"), output(outputs, "pred_mask")
+            metric.update(
+                ImageBatch(
+                    image=batch.image,
+                    pred_score=score.reshape(-1),
+                    pred_label=None if label is None else label.reshape(-1),
+                    anomaly_map=anomaly_map,
+                    pred_mask=pred_mask,
+                    gt_label=batch.gt_label,
+                    gt_mask=batch.gt_mask,
+                )
+            )
+        return float(metric.compute())
+
+    return validate
+
+
+def quantize_network_with_accuracy_control(
+    model: AnomalibModule,
+    fp32: ov.Model,
+    head: set[str],
+    calibration: Iterable[Any],
+    validation: Iterable[Any],
+    metric: Metric | None = None,
+    max_drop: float = 0.01,
+    model_type: ModelTypeChoice = "auto",
+    subset_size: int = 300,
+) -> ov.Model:
+    """The package's ``INT8_ACQ``: :func:`quantize_network`, then NNCF's accuracy control.
+
+    NNCF reverts the quantized layers that hurt ``metric`` most to floating point until its drop from
+    the FP32 model is at most ``max_drop``.
+
+    Args:
+        model: The trained anomalib module (fitted post-processor).
+        fp32: Its FP32 OpenVINO model (:func:`trace_to_openvino`).
+        head: Head node names kept in floating point (:func:`head_node_names`).
+        calibration: Normal training images of every category (anomalib batches).
+        validation: Labelled batches (normal and anomalous: ``image``, ``gt_label``), iterable more
+            than once, e.g. the datamodule's validation loader; never the test set.
+        metric: anomalib metric of the batches, higher is better (default :func:`image_auroc_metric`).
+        max_drop: Largest accepted absolute drop of the metric (0.01: one point of AUROC).
+        model_type: As in :func:`quantize_network`.
+        subset_size: NNCF calibration subset size.
+
+    Raises:
+        ValueError: if the post-processor has not been fitted, or ``max_drop`` is outside [0, 1].
+
+    """
+    import nncf
+
+    check_post_processor_fitted(model)
+    if not 0.0 <= max_drop <= 1.0:
+        msg = f"max_drop must be in [0, 1] (an absolute drop of the metric), got {max_drop}."
+        raise ValueError(msg)
+    return nncf.quantize_with_accuracy_control(
+        fp32.clone(),
+        nncf.Dataset(_Images(calibration)),
+        nncf.Dataset(validation),
+        labelled_score_fn(metric or image_auroc_metric()),
+        max_drop=max_drop,
+        subset_size=subset_size,
+        model_type=nncf_model_type(model.model, model_type),
         ignored_scope=ignored_head_scope(fp32, head),
     )

