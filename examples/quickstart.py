@@ -8,7 +8,8 @@ download). The whole pipeline of the package on the embedded demo data:
    category ids come with the batches, nothing to configure);
 3. test it: per-category image/pixel AUROC, F1-max, AUPRO and their mean (table and CSV);
 4. export it to OpenVINO IR, FP32 and the package's INT8_PTQ (calibrated on the training images of
-   every category; ``--no-int8`` skips it);
+   every category; ``--no-int8`` skips it), from one ONNX trace (``export_openvino_variants``; the
+   same IRs as ``anomalib export --export_type openvino [--compression_type INT8_PTQ --data ...]``);
 5. score every test image with the OpenVINO runtime alone and compare with the checkpoint: the
    largest score difference, label agreement and the per-image latency.
 
@@ -30,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from anomalib.deploy import CompressionType, ExportType
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 from lightning.pytorch import seed_everything
@@ -38,8 +38,9 @@ from lightning.pytorch import seed_everything
 import anomalib_classaware.models as package_models
 from anomalib_classaware import MultiClassDemo
 from anomalib_classaware.benchmark.cli import resolve_weights
-from anomalib_classaware.deploy import OpenVINODetector, read_rgb
+from anomalib_classaware.deploy import OpenVINODetector, export_openvino_variants, read_rgb
 from anomalib_classaware.metrics import per_category_metrics_table
+from anomalib_classaware.models.components.openvino_export import normal_training_images
 
 MODEL_ARGS: dict[str, dict[str, Any]] = {
     # the benchmark's learning rates for a budget of about 100 steps (README "Benchmark")
@@ -193,25 +194,11 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
     engine.test(model, datamodule=datamodule)
     evaluator = model.evaluator
 
-    print("\n[3/4] Exporting to OpenVINO IR")
-    export_root = args.output / "export"
-    onnx_kwargs = {"opset_version": 18}  # avoids torch.onnx's noisy down-conversion to anomalib's opset 14
-    openvino_paths = {
-        "fp32": Path(
-            engine.export(model, ExportType.OPENVINO, export_root=export_root / "fp32", onnx_kwargs=onnx_kwargs)
-        )
-    }
-    if args.int8:
-        openvino_paths["int8_ptq"] = Path(
-            engine.export(
-                model,
-                ExportType.OPENVINO,
-                export_root=export_root / "int8_ptq",
-                compression_type=CompressionType.INT8_PTQ,
-                datamodule=datamodule,
-                onnx_kwargs=onnx_kwargs,
-            )
-        )
+    print("\n[3/4] Exporting to OpenVINO IR (one ONNX trace, then each precision)")
+    variants = ("fp32", "int8_ptq") if args.int8 else ("fp32",)
+    calibration = normal_training_images(datamodule) if args.int8 else None
+    size = (args.image_size, args.image_size)
+    openvino_paths = export_openvino_variants(model, args.output / "export", size, variants, calibration)
 
     print("\n[4/4] Scoring the test images with the OpenVINO runtime alone")
     reference = checkpoint_scores(engine, model, datamodule)
