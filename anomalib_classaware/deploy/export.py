@@ -345,7 +345,9 @@ def labelled_score_fn(metric: Metric) -> Callable[[Any, Iterable[Any]], float]:
     """NNCF ``validation_fn``: ``metric`` of an OpenVINO model's outputs on labelled anomalib batches.
 
     Every output of the exported graph is handed to the metric (scores, labels, maps, masks) with
-    the batch's ground truth, so image- and pixel-level anomalib metrics work.
+    the batch's ground truth, so image- and pixel-level anomalib metrics work. NNCF also calls it on
+    single batches (to rank layers); a batch with one label then gives an undefined AUROC, which
+    only matters when the validation set has more batches than NNCF's ``subset_size``.
 
     The metric is reset before every evaluation (NNCF evaluates the FP32 and several partly
     quantized models with it; anomalib's ``INT8_ACQ`` accumulates across them).
@@ -353,14 +355,19 @@ def labelled_score_fn(metric: Metric) -> Callable[[Any, Iterable[Any]], float]:
     from anomalib.data import ImageBatch
 
     def output(outputs: Any, name: str) -> torch.Tensor | None:
-        names = {next(iter(port.get_names())): port for port in outputs}
-        return torch.from_numpy(np.asarray(outputs[names[name]])) if name in names else None
+        try:
+            return torch.from_numpy(np.asarray(outputs[name]))
+        except KeyError:
+            return None
 
     def validate(compiled_model: Any, batches: Iterable[Any]) -> float:
         metric.reset()
         for batch in batches:
             outputs = compiled_model(np.asarray(batch.image, dtype=np.float32))
             score, label = output(outputs, "pred_score"), output(outputs, "pred_label")
+            if score is None:
+                msg = "The exported graph has no `pred_score` output: export an anomalib model with its post-processor."
+                raise ValueError(msg)
             anomaly_map, pred_mask = output(outputs, "anomaly_map"), output(outputs, "pred_mask")
             metric.update(
                 ImageBatch(
@@ -376,6 +383,25 @@ def labelled_score_fn(metric: Metric) -> Callable[[Any, Iterable[Any]], float]:
         return float(metric.compute())
 
     return validate
+
+
+def check_accuracy_control_arguments(metric: object, max_drop: float) -> None:
+    """Fail early on an ``INT8_ACQ`` metric that is not an anomalib metric instance, or a ``max_drop`` outside [0, 1].
+
+    Raises:
+        TypeError: if ``metric`` is not ``None`` and has no ``update``/``compute``/``reset`` (e.g. a name).
+        ValueError: if ``max_drop`` is outside [0, 1].
+
+    """
+    if metric is not None and not all(hasattr(metric, name) for name in ("update", "compute", "reset")):
+        msg = (
+            f"INT8_ACQ needs a metric object such as AUROC(fields=['pred_score', 'gt_label']), got {metric!r} "
+            "(in a config: metric: {class_path: anomalib.metrics.AUROC, init_args: {fields: [pred_score, gt_label]}})."
+        )
+        raise TypeError(msg)
+    if not 0.0 <= max_drop <= 1.0:
+        msg = f"max_drop must be in [0, 1] (an absolute drop of the metric), got {max_drop}."
+        raise ValueError(msg)
 
 
 def quantize_network_with_accuracy_control(
@@ -400,7 +426,7 @@ def quantize_network_with_accuracy_control(
         head: Head node names kept in floating point (:func:`head_node_names`).
         calibration: Normal training images of every category (anomalib batches).
         validation: Labelled batches (normal and anomalous: ``image``, ``gt_label``), iterable more
-            than once, e.g. the datamodule's validation loader; never the test set.
+            than once, e.g. the datamodule's validation loader (keep it apart from the test images).
         metric: anomalib metric of the batches, higher is better (default :func:`image_auroc_metric`).
         max_drop: Largest accepted absolute drop of the metric (0.01: one point of AUROC).
         model_type: As in :func:`quantize_network`.
@@ -408,14 +434,13 @@ def quantize_network_with_accuracy_control(
 
     Raises:
         ValueError: if the post-processor has not been fitted, or ``max_drop`` is outside [0, 1].
+        TypeError: if ``metric`` is not a metric object (:func:`check_accuracy_control_arguments`).
 
     """
     import nncf
 
     check_post_processor_fitted(model)
-    if not 0.0 <= max_drop <= 1.0:
-        msg = f"max_drop must be in [0, 1] (an absolute drop of the metric), got {max_drop}."
-        raise ValueError(msg)
+    check_accuracy_control_arguments(metric, max_drop)
     return nncf.quantize_with_accuracy_control(
         fp32.clone(),
         nncf.Dataset(_Images(calibration)),

@@ -9,9 +9,12 @@ step for our models, so ``anomalib export --compression_type INT8_PTQ`` and
 (:func:`anomalib_classaware.deploy.export.quantize_network`): convolutions, linear layers and
 attention in INT8, NNCF's transformer preset for models with attention, calibrated on the normal
 training images of every category. ``INT8_ACQ`` starts from that recipe and lets NNCF's accuracy
-control revert layers to floating point until the metric (default: image AUROC) on the datamodule's
-*validation* images drops by at most ``max_drop`` (anomalib's starts from the collapsed whole-graph
-quantization and tunes on the test images). FP16 and INT8 (weights) are anomalib's.
+control revert layers to floating point until the metric on the datamodule's *validation* images
+drops by at most ``max_drop`` (anomalib's starts from the collapsed whole-graph quantization and
+always measures on the test images). The metric is the one given (``Engine.export`` and the CLI
+default to anomalib's image F1 of the labels; a direct ``to_openvino`` call without one uses image
+AUROC). With ``val_split_mode="same_as_test"`` (the default of MVTec-style datamodules) the
+validation images *are* the test images: a warning says so. FP16 and INT8 (weights) are anomalib's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomalib.data.utils import ValSplitMode
 from anomalib.deploy.export import CompressionType, ExportType
 from torch.utils.data import DataLoader
 
@@ -30,7 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def normal_training_images(datamodule: AnomalibDataModule) -> DataLoader:
+def normal_training_images(datamodule: AnomalibDataModule, purpose: str = "INT8 quantization") -> DataLoader:
     """The datamodule's training images (normal, every category) in order, for INT8 calibration.
 
     Raises:
@@ -41,7 +45,7 @@ def normal_training_images(datamodule: AnomalibDataModule) -> DataLoader:
     train_data = getattr(datamodule, "train_data", None)
     if train_data is None or len(train_data) == 0:
         msg = (
-            f"INT8_PTQ calibrates on the normal training images, but {type(datamodule).__name__} has none: "
+            f"{purpose} calibrates on the normal training images, but {type(datamodule).__name__} has none: "
             "give the datamodule the model was trained with."
         )
         raise ValueError(msg)
@@ -57,6 +61,12 @@ def labelled_validation_images(datamodule: AnomalibDataModule) -> DataLoader:
 
     """
     datamodule.setup("fit")
+    if getattr(datamodule, "val_split_mode", None) in {ValSplitMode.SAME_AS_TEST, ValSplitMode.SAME_AS_TEST.value}:
+        logger.warning(
+            "INT8_ACQ: %s has val_split_mode='same_as_test', so the accuracy is controlled on the test images; "
+            "use val_split_mode='from_test' or 'synthetic' to keep the test images unseen.",
+            type(datamodule).__name__,
+        )
     loader = datamodule.val_dataloader()
     samples = getattr(loader.dataset, "samples", None)
     if samples is not None and "label_index" in samples:
@@ -67,7 +77,7 @@ def labelled_validation_images(datamodule: AnomalibDataModule) -> DataLoader:
         msg = (
             f"INT8_ACQ measures the accuracy on the validation images of {type(datamodule).__name__}, which "
             f"hold labels {sorted(labels) or 'none'}: it needs normal and anomalous images (e.g. "
-            "`val_split_mode: same_as_test` or `synthetic`), or use INT8_PTQ."
+            "`val_split_mode: from_test` or `synthetic`), or use INT8_PTQ."
         )
         raise ValueError(msg)
     return loader
@@ -110,6 +120,10 @@ class NetworkInt8ExportMixin:
                 onnx_kwargs,
             )
         name = CompressionType(compression_type).name
+        if compression_type == CompressionType.INT8_ACQ:
+            from anomalib_classaware.deploy.export import check_accuracy_control_arguments
+
+            check_accuracy_control_arguments(metric, max_drop)  # before the slow trace
         if datamodule is None:
             msg = (
                 f"{name} calibrates on the normal training images of a datamodule: pass one "
@@ -126,7 +140,7 @@ class NetworkInt8ExportMixin:
             trace_to_openvino,
         )
 
-        calibration = normal_training_images(datamodule)
+        calibration = normal_training_images(datamodule, name)
         validation = labelled_validation_images(datamodule) if compression_type == CompressionType.INT8_ACQ else None
         fp32, head = trace_to_openvino(self, input_size, onnx_kwargs, ov_kwargs)  # type: ignore[arg-type]
         if validation is None:
