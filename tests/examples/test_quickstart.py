@@ -97,3 +97,12 @@ def test_label_agreement_leaves_out_scores_on_the_threshold(quickstart: ModuleTy
     assert difference == pytest.approx(0.1)
     assert same == 0.5  # b agrees, c does not; a sits on the threshold and is not counted
     assert on_threshold == 1
+
+
+@pytest.mark.parametrize("name", ["ClassAwareRecon", "ReContrast", "Rlr", "MintAd"])
+def test_every_model_choice_builds_for_the_requested_size(quickstart: ModuleType, name: str) -> None:
+    model = quickstart.build_model(name, "resnet18", "none", 128)  # MintAd's 7x7 mask needs > 7x7 tokens
+    assert type(model).__name__ == name
+    assert tuple(model.pre_processor.transform.transforms[0].size) == (128, 128)
+    for key, value in quickstart.MODEL_ARGS.get(name, {}).items():
+        assert getattr(model, key) == value
