@@ -265,11 +265,10 @@ def print_summary(args: argparse.Namespace, result: QuickstartResult, datamodule
     if result.int8_label_agreement is not None:
         print(f"INT8_PTQ IR:       {result.openvino_paths['int8_ptq']}")
         print(f"INT8_PTQ labels identical to torch's: {100 * result.int8_label_agreement:.1f} %")
-    print("\nNext: run the exported model on a folder of images, as an inspection line would:")
-    first_category = next(iter(result.results))
-    test_folder = Path(datamodule.root) / first_category / "test"
-    model_path, folder = shlex.quote(str(result.openvino_paths["fp32"])), shlex.quote(str(test_folder))
-    print(f"  python examples/deploy_openvino.py {model_path} {folder} --output inspection/")
+    print("\nNext: stream the test images of every category through the exported model, as an inspection line would:")
+    model_path, root = shlex.quote(str(result.openvino_paths["fp32"])), shlex.quote(str(datamodule.root))
+    stream = f"find {root} -path '*/test/*' -name '*.png'"
+    print(f"  {stream} | python examples/deploy_openvino.py {model_path} - --output inspection/")
 
 
 if __name__ == "__main__":
