@@ -314,22 +314,20 @@ def test_int8_acq_rejects_a_metric_name_and_a_bad_max_drop() -> None:
         check_accuracy_control_arguments(None, 1.5)
 
 
-def test_int8_acq_needs_anomalous_validation_images(tmp_path: Path) -> None:
+def _one_category_demo(root: Path, val_split_mode: str, **kwargs: object):
+    """A 32 px demo of one category (brick) with the given validation split."""
     from anomalib_classaware.data import MultiClassDemo
+
+    settings = {"num_train": 2, "num_test_good": 2, "num_test_defective": 2, **kwargs}
+    return MultiClassDemo(
+        root=root, categories=["brick"], image_size=32, num_workers=0, val_split_mode=val_split_mode, seed=0, **settings
+    )
+
+
+def test_int8_acq_needs_anomalous_validation_images(tmp_path: Path) -> None:
     from anomalib_classaware.models.components.openvino_export import labelled_validation_images
 
-    normal_only = MultiClassDemo(
-        root=tmp_path / "demo",
-        categories=["brick"],
-        image_size=32,
-        num_train=6,
-        num_test_good=1,
-        num_test_defective=1,
-        num_workers=0,
-        val_split_mode="from_train",
-        val_split_ratio=0.5,
-        seed=0,
-    )
+    normal_only = _one_category_demo(tmp_path / "demo", "from_train", num_train=6, val_split_ratio=0.5)
     with pytest.raises(ValueError, match=r"validation images of MultiClassDemo, which hold labels \[0\]"):
         labelled_validation_images(normal_only)
 
@@ -339,27 +337,13 @@ def test_int8_acq_warns_when_validation_images_are_the_test_images(
 ) -> None:
     import logging
 
-    from anomalib_classaware.data import MultiClassDemo
     from anomalib_classaware.models.components.openvino_export import labelled_validation_images
 
-    def demo(mode: str) -> MultiClassDemo:
-        return MultiClassDemo(
-            root=tmp_path / "demo",
-            categories=["brick"],
-            image_size=32,
-            num_train=2,
-            num_test_good=2,
-            num_test_defective=2,
-            num_workers=0,
-            val_split_mode=mode,
-            seed=0,
-        )
-
     with caplog.at_level(logging.WARNING):
-        loader = labelled_validation_images(demo("same_as_test"))
+        loader = labelled_validation_images(_one_category_demo(tmp_path / "demo", "same_as_test"))
     assert len(loader.dataset) == 4
     assert "the accuracy is controlled on the test images" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        labelled_validation_images(demo("from_test"))
+        labelled_validation_images(_one_category_demo(tmp_path / "demo", "from_test"))
     assert "controlled on the test images" not in caplog.text
