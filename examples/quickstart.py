@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import logging
 import shlex
 import sys
@@ -39,6 +38,8 @@ from lightning.pytorch import seed_everything
 import anomalib_classaware.models as package_models
 from anomalib_classaware import MultiClassDemo
 from anomalib_classaware.benchmark.cli import resolve_weights
+from anomalib_classaware.benchmark.config import ModelSpec
+from anomalib_classaware.benchmark.runner import build_model as build_benchmark_model
 from anomalib_classaware.deploy import OpenVINODetector, export_openvino_variants, read_rgb
 from anomalib_classaware.metrics import per_category_metrics_table
 from anomalib_classaware.models.components.openvino_export import normal_training_images
@@ -113,18 +114,11 @@ def choose_backbone(backbone: str | None, weights: str | None) -> tuple[str, str
 
 
 def build_model(name: str, backbone: str, weights: str, image_size: int) -> AnomalibModule:
-    """Model ``name`` of the package for ``image_size`` inputs (only the arguments its ``__init__`` takes)."""
+    """Model ``name`` of the package for ``image_size`` inputs, built as the benchmark builds it (visualizer on)."""
     weights_path, pre_trained, _ = resolve_weights(weights)
-    cls = getattr(package_models, name)
-    accepted = inspect.signature(cls.__init__).parameters
-    wanted = {
-        "backbone": backbone,
-        "pre_trained": pre_trained,
-        "weights_path": weights_path,
-        "input_size": (image_size, image_size),
-        **MODEL_ARGS.get(name, {}),
-    }
-    return cls(**{key: value for key, value in wanted.items() if key in accepted})
+    spec = ModelSpec(name=name, init_args={**MODEL_ARGS.get(name, {}), "visualizer": True})
+    model, _ = build_benchmark_model(spec, backbone, weights_path, pre_trained, image_size)
+    return model
 
 
 def check_output(output: Path, overwrite: bool) -> None:

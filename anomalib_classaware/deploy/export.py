@@ -322,12 +322,13 @@ def quantize_network(
     """
     check_post_processor_fitted(model)
     return quantize_openvino(
-        fp32,
-        calibration,
-        nncf_model_type(model.model, model_type),
-        subset_size=subset_size,
-        ignored_scope=ignored_head_scope(fp32, head),
+        fp32, calibration, subset_size=subset_size, **_network_recipe(model, fp32, head, model_type)
     )
+
+
+def _network_recipe(model: AnomalibModule, fp32: ov.Model, head: set[str], model_type: ModelTypeChoice) -> dict:
+    """NNCF arguments of the package's network-only INT8: the model type and the head left in floating point."""
+    return {"model_type": nncf_model_type(model.model, model_type), "ignored_scope": ignored_head_scope(fp32, head)}
 
 
 def image_auroc_metric() -> Metric:
@@ -448,6 +449,5 @@ def quantize_network_with_accuracy_control(
         labelled_score_fn(metric or image_auroc_metric()),
         max_drop=max_drop,
         subset_size=subset_size,
-        model_type=nncf_model_type(model.model, model_type),
-        ignored_scope=ignored_head_scope(fp32, head),
+        **_network_recipe(model, fp32, head, model_type),
     )
