@@ -10,8 +10,10 @@ then::
     python examples/deploy_openvino.py results/weights/openvino/model.xml images/ --output inspection/
     find /line/camera1 -name '*.png' | python examples/deploy_openvino.py model.xml - --output inspection/
 
-For each image it writes a row to ``<output>/predictions.csv`` (path, score, label, latency_ms,
-error) as soon as the image is done, and an overlay ``<output>/overlays/<path>.png`` (heat map of the
+For each image it writes a row to ``<output>/predictions.csv`` (path, score, label, category,
+latency_ms, error) as soon as the image is done (``category``: the category the model predicts
+from the image, whose own threshold decided the label; empty for models without that output),
+and an overlay ``<output>/overlays/<path>.png`` (heat map of the
 normalised anomaly map, predicted defect outlined, label and score written on it). Unreadable
 files (corrupt, truncated, not an image) are skipped, listed in the CSV with their error and again
 at the end. Images are resized to the model's input size; maps are resized back to the image.
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from anomalib_classaware.deploy import ImageReadError, OpenVINODetector, iter_image_paths, overlay, read_rgb
 
-CSV_COLUMNS = ("path", "score", "label", "latency_ms", "error")
+CSV_COLUMNS = ("path", "score", "label", "category", "latency_ms", "error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     latencies: list[float] = []
     skipped: list[tuple[Path, str]] = []
     anomalous = 0
+    per_category: dict[str, list[int]] = {}  # predicted category -> [anomalous, scored]
     start = time.perf_counter()
     with predictions.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
@@ -106,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
             detection = detector.predict(image)
             latencies.append(detection.latency_ms)
             anomalous += detection.label
+            counts = per_category.setdefault(detection.category or "", [0, 0])
+            counts[0] += detection.label
+            counts[1] += 1
             writer.writerow(
                 {
                     "path": str(path),
                     "score": f"{detection.score:.6f}",
                     "label": "anomalous" if detection.label else "normal",
+                    "category": detection.category or "",
                     "latency_ms": f"{detection.latency_ms:.3f}",
                     "error": "",
                 }
@@ -131,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             f"Latency per image (pre-processing + inference): median {statistics.median(latencies):.1f} ms, "
             f"p95 {p95:.1f} ms; anomalous: {anomalous} of {scored}"
         )
+    if any(per_category):
+        print("Anomalous images per predicted category:")
+        for category, (flagged, count) in sorted(per_category.items()):
+            print(f"  {category or '(none)'}: {flagged} of {count}")
     print(f"Predictions: {predictions}" + ("" if args.no_overlays else f"; overlays: {overlays}"))
     if skipped:
         print(f"Skipped {len(skipped)} unreadable file(s):")

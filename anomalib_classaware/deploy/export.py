@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .categories import model_category_names, set_category_names
+
 if TYPE_CHECKING:
     import nncf
     import openvino as ov
@@ -208,7 +210,7 @@ def check_post_processor_fitted(model: nn.Module) -> None:
         return
     missing = [
         name
-        for name in ("image_min", "image_max", "pixel_min", "pixel_max")
+        for name in ("image_min", "image_max", "pixel_min", "pixel_max", "image_mins", "image_maxs")
         if isinstance(value := getattr(post_processor, name, None), torch.Tensor) and bool(torch.isnan(value).any())
     ]
     if missing:
@@ -265,6 +267,7 @@ def export_openvino_variants(
     export_root = Path(export_root)
     paths: dict[str, Path] = {}
     fp32, head = trace_to_openvino(model, input_size, onnx_kwargs, with_head="int8_ptq" in variants)
+    names = model_category_names(model)
     for variant in variants:
         folder = export_root / f"openvino_{variant}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -279,6 +282,7 @@ def export_openvino_variants(
             converted = quantize_openvino(fp32, calibration, model_type_value, subset_size=subset_size)
         else:
             converted = fp32
+        set_category_names(converted, names)
         paths[variant] = folder / "model.xml"
         ov.save_model(converted, paths[variant], compress_to_fp16=variant == "fp16")
     return paths

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 from PIL import Image
 
+from .categories import read_category_names
+
 if TYPE_CHECKING:
     import openvino as ov
 
@@ -96,6 +98,8 @@ class Detection:
     anomaly_map: np.ndarray  # (H, W) float32, normalised: 0.5 is the pixel threshold
     pred_mask: np.ndarray | None  # (H, W) bool
     latency_ms: float  # pre-processing and inference (the time a line controller waits for the decision)
+    category_id: int | None = None  # the category the model predicts from the image (None: no such output)
+    category: str | None = None  # its name, from the IR's rt_info (the id as text when the IR has no names)
 
 
 class OpenVINODetector:
@@ -131,7 +135,10 @@ class OpenVINODetector:
         properties: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
         if threads:
             properties["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled: ov.CompiledModel = ov.Core().compile_model(str(path), device, properties)
+        core = ov.Core()
+        model = core.read_model(str(path))
+        self.category_names: list[str] | None = read_category_names(model)
+        self.compiled: ov.CompiledModel = core.compile_model(model, device, properties)
         self.request = self.compiled.create_infer_request()
         shape = self.compiled.input(0).get_partial_shape()
         self.input_size: tuple[int, int] | None = (
@@ -155,7 +162,12 @@ class OpenVINODetector:
         pred_mask = _resize_map(_plane(values["pred_mask"]), size) > 0.5 if "pred_mask" in values else None
         score = float(np.asarray(values["pred_score"]).reshape(-1)[0])
         label = bool(np.asarray(values["pred_label"]).reshape(-1)[0]) if "pred_label" in values else score > 0.5
-        return Detection(score, label, anomaly_map, pred_mask, latency_ms)
+        category_id = category = None
+        if "pred_category" in values:
+            category_id = int(np.asarray(values["pred_category"]).reshape(-1)[0])
+            names = self.category_names
+            category = names[category_id] if names and 0 <= category_id < len(names) else str(category_id)
+        return Detection(score, label, anomaly_map, pred_mask, latency_ms, category_id, category)
 
 
 def _plane(value: np.ndarray) -> np.ndarray:

@@ -18,8 +18,22 @@ At the end of the test epoch it logs ``<category>/<metric>`` and ``mean/<metric>
 over categories, NaN ignored), prints one table, writes ``per_category_metrics.csv`` into the
 run's results folder and keeps the numbers in :attr:`PerCategoryEvaluator.last_results`.
 
-Scores are used as they are (no sigmoid), so the metrics are also correct for unnormalised
-scores, e.g. with anomalib's post-processor normalisation switched off.
+Threshold-free metrics use the **raw** model scores: the post-processor's normalisation clamps
+scores to ``[0, 1]`` with one threshold and min-max, which ties the highest scores of a category
+at 1.0 and biases AUROC and AUPRO. :class:`~anomalib_classaware.post_processing.PerCategoryPostProcessor`
+keeps the raw values on the batch (``raw_pred_score``, ``raw_anomaly_map``) and they are read
+from there; no sigmoid is applied. Thresholded metrics use the labels the post-processor
+produces:
+
+========================  ==========================================  ============================
+``image_F1``              F1 of ``pred_label`` (the model's threshold)  ``pred_label``, ``gt_label``
+``label_accuracy``        fraction of images with the right label     ``pred_label``, ``gt_label``
+``category_accuracy``     fraction of images whose predicted category  ``pred_category``,
+                          is their dataset category                    ``category_id``
+========================  ==========================================  ============================
+
+``category_accuracy`` is reported when the model's ``category_names`` are the datamodule's (dataset
+labels; with pseudo labels the predicted ids are clusters).
 
 Units: logged values, :attr:`~PerCategoryEvaluator.last_results` and the CSV hold fractions
 in ``[0, 1]`` (like anomalib's own metrics); the printed table shows percent with one decimal,
@@ -56,6 +70,11 @@ logger = logging.getLogger(__name__)
 IMAGE_METRICS: tuple[str, ...] = ("image_AUROC", "image_F1Max")
 PIXEL_METRICS: tuple[str, ...] = ("pixel_AUROC", "pixel_AUPRO")
 METRIC_NAMES: tuple[str, ...] = IMAGE_METRICS + PIXEL_METRICS
+THRESHOLDED_METRICS: tuple[str, ...] = ("image_F1", "label_accuracy")
+CATEGORY_ACCURACY = "category_accuracy"
+REPORT_COLUMNS: tuple[str, ...] = (*METRIC_NAMES, *THRESHOLDED_METRICS, CATEGORY_ACCURACY)
+RAW_FIELDS: dict[str, str] = {"pred_score": "raw_pred_score", "anomaly_map": "raw_anomaly_map"}
+"""Batch field -> attribute holding its value before post-processing (set by our post-processor)."""
 MEAN_KEY = "mean"
 DEFAULT_CATEGORY = "all"
 CSV_FILENAME = "per_category_metrics.csv"
@@ -65,6 +84,8 @@ PerCategoryResults = dict[str, dict[str, float]]
 
 _IMAGE_FIELDS = ("pred_score", "gt_label")
 _PIXEL_FIELDS = ("anomaly_map", "gt_mask")
+_LABEL_FIELDS = ("pred_label", "pred_category", "category_id")
+_ALL_FIELDS = (*_IMAGE_FIELDS, *_PIXEL_FIELDS, *_LABEL_FIELDS)
 
 
 class _BinaryCounts(Metric):
@@ -90,6 +111,43 @@ class _BinaryCounts(Metric):
         return int(self.pos), int(self.neg)
 
 
+class _ThresholdedCounts(Metric):
+    """Confusion counts of ``pred_label`` and correct ``pred_category`` predictions (summed across processes)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for name in ("tp", "fp", "fn", "tn", "category_correct", "category_total"):
+            self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, batch: Any) -> None:
+        """Count from ``pred_label``/``gt_label`` and ``pred_category``/``category_id`` where both are set."""
+        pred_label, gt_label = getattr(batch, "pred_label", None), getattr(batch, "gt_label", None)
+        if pred_label is not None and gt_label is not None:
+            pred, target = pred_label.reshape(-1).bool(), gt_label.reshape(-1).bool()
+            self.tp += int((pred & target).sum())
+            self.fp += int((pred & ~target).sum())
+            self.fn += int((~pred & target).sum())
+            self.tn += int((~pred & ~target).sum())
+        pred_category, category_id = getattr(batch, "pred_category", None), getattr(batch, "category_id", None)
+        if pred_category is not None and category_id is not None:
+            predicted = torch.as_tensor(pred_category).reshape(-1).long().cpu()
+            self.category_correct += int((predicted == torch.as_tensor(category_id).reshape(-1).long().cpu()).sum())
+            self.category_total += predicted.numel()
+
+    def compute(self) -> dict[str, float]:
+        """``image_F1``, ``label_accuracy`` and ``category_accuracy`` of what was counted."""
+        tp, fp, fn, tn = (int(getattr(self, name)) for name in ("tp", "fp", "fn", "tn"))
+        results: dict[str, float] = {}
+        if tp + fp + fn + tn:
+            results["image_F1"] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+            results["label_accuracy"] = (tp + tn) / (tp + fp + fn + tn)
+        if int(self.category_total):
+            results[CATEGORY_ACCURACY] = int(self.category_correct) / int(self.category_total)
+        return results
+
+
 class CategoryMetrics(nn.Module):
     """The metric set of one category.
 
@@ -104,6 +162,7 @@ class CategoryMetrics(nn.Module):
         super().__init__()
         self.category = category
         self.image_counts = _BinaryCounts()
+        self.thresholded = _ThresholdedCounts()
         # ``normalization=None``: torchmetrics would otherwise apply a sigmoid to every update whose
         # scores leave [0, 1] (so batches would be scaled inconsistently when scores are unnormalised).
         self.image_metrics = nn.ModuleDict(
@@ -129,6 +188,7 @@ class CategoryMetrics(nn.Module):
 
     def update(self, batch: Any) -> None:
         """Update with the samples of ``batch`` (any object with the batch fields as attributes)."""
+        self.thresholded.update(batch)
         if all(getattr(batch, name, None) is not None for name in _IMAGE_FIELDS):
             self.image_counts.update(batch.gt_label)
             for metric in self.image_metrics.values():
@@ -168,6 +228,8 @@ class CategoryMetrics(nn.Module):
                 continue
             for name, metric in metrics.items():
                 results[name] = float(metric.compute())
+        if results:
+            results.update(self.thresholded.compute())
         return results
 
 
@@ -301,6 +363,8 @@ class PerCategoryEvaluator(Evaluator):
         self._states_on_cpu = compute_on_cpu
         self.last_results: PerCategoryResults = {}
         self.last_csv_path: Path | None = None
+        self._report_category_accuracy = True
+        self._warned_normalised = False
 
     @classmethod
     def from_evaluator(cls, evaluator: Evaluator, **kwargs: Any) -> PerCategoryEvaluator:
@@ -343,10 +407,14 @@ class PerCategoryEvaluator(Evaluator):
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from empty per-category state; name the fallback category after the datamodule."""
-        del pl_module  # Unused argument.
         self.reset_categories()
-        category = getattr(getattr(trainer, "datamodule", None), "category", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        category = getattr(datamodule, "category", None)
         self._default_category = category if isinstance(category, str) and category else DEFAULT_CATEGORY
+        # Predicted ids are comparable with dataset ids only when the model's categories are the dataset's.
+        model_names = getattr(pl_module, "category_names", None)
+        data_names = getattr(datamodule, "category_names", None)
+        self._report_category_accuracy = not model_names or not data_names or list(model_names) == list(data_names)
 
     def on_test_batch_end(
         self,
@@ -359,7 +427,19 @@ class PerCategoryEvaluator(Evaluator):
     ) -> None:
         """Update the pooled test metrics and the per-category metrics with the batch."""
         super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-        self.update(outputs if _is_batch(outputs) else batch, fallback=batch)
+        predictions = outputs if _is_batch(outputs) else batch
+        if not self._warned_normalised and getattr(predictions, "raw_pred_score", None) is None:
+            post_processor = getattr(pl_module, "post_processor", None)
+            if getattr(post_processor, "enable_normalization", False):
+                self._warned_normalised = True
+                logger.warning(
+                    "PerCategoryEvaluator: %s's %s keeps no raw scores, so AUROC, F1-max and AUPRO are computed on "
+                    "normalised (clamped) scores. Use anomalib_classaware.post_processing.PerCategoryPostProcessor "
+                    "(our datamodules attach it to any model).",
+                    type(pl_module).__name__,
+                    type(post_processor).__name__,
+                )
+        self.update(predictions, fallback=batch)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute, log, print and save the per-category results, then free the metric states."""
@@ -414,7 +494,9 @@ class PerCategoryEvaluator(Evaluator):
         self._synchronise_categories()
         rows = {name: self.category_metrics[self._category_keys[name]].compute() for name in self.categories}
         rows = {name: row for name, row in rows.items() if row}
-        columns = [metric for metric in METRIC_NAMES if any(metric in row for row in rows.values())]
+        columns = [metric for metric in REPORT_COLUMNS if any(metric in row for row in rows.values())]
+        if not self._report_category_accuracy:
+            columns = [metric for metric in columns if metric != CATEGORY_ACCURACY]
         results: PerCategoryResults = {
             name: {metric: row.get(metric, math.nan) for metric in columns} for name, row in rows.items()
         }
@@ -532,8 +614,11 @@ def _batch_size(batch: Any) -> int:
 def _select(batch: Any, index: list[int], size: int) -> SimpleNamespace:
     """Take the samples ``index`` of the prediction and target fields of ``batch``."""
     selected = SimpleNamespace()
-    for name in (*_IMAGE_FIELDS, *_PIXEL_FIELDS):
-        value = getattr(batch, name, None)
+    for name in _ALL_FIELDS:
+        raw = getattr(batch, RAW_FIELDS[name], None) if name in RAW_FIELDS else None
+        value = raw if raw is not None else getattr(batch, name, None)
+        if name in _LABEL_FIELDS and value is not None and not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value)
         if isinstance(value, torch.Tensor) and value.ndim == 0:
             value = value.reshape(1)
         if isinstance(value, torch.Tensor) and value.shape[0] == size:

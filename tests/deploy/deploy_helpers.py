@@ -102,6 +102,7 @@ class Predictions:
     label: np.ndarray
     anomaly_map: np.ndarray
     pred_mask: np.ndarray
+    category: np.ndarray  # (N,) predicted category id
 
     @classmethod
     def stack(cls, outputs: list[dict[str, Any]]) -> Predictions:
@@ -114,6 +115,7 @@ class Predictions:
             label=np.array([bool(np.asarray(o["pred_label"]).reshape(-1)[0]) for o in outputs]),
             anomaly_map=np.stack([plane(o["anomaly_map"]).astype(np.float32) for o in outputs]),
             pred_mask=np.stack([plane(o["pred_mask"]).astype(bool) for o in outputs]),
+            category=np.array([int(np.asarray(o["pred_category"]).reshape(-1)[0]) for o in outputs]),
         )
 
 
@@ -202,7 +204,7 @@ def predict_with_engine(name: str, size: int, root: Path, checkpoint: Path, path
     return Predictions.stack(outputs)
 
 
-OUTPUTS = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
+OUTPUTS = ("pred_score", "pred_label", "anomaly_map", "pred_mask", "pred_category")
 
 
 def _outputs(batch: Any) -> dict[str, Any]:
@@ -210,7 +212,7 @@ def _outputs(batch: Any) -> dict[str, Any]:
 
 
 def run_torch_inferencer(path: Path, paths: list[Path]) -> Predictions:
-    from anomalib.deploy import TorchInferencer
+    from anomalib_classaware.deploy import TorchInferencer
 
     previous = os.environ.get("TRUST_REMOTE_CODE")
     os.environ["TRUST_REMOTE_CODE"] = "1"  # our own file, just written
@@ -226,7 +228,7 @@ def run_torch_inferencer(path: Path, paths: list[Path]) -> Predictions:
 
 
 def run_openvino_inferencer(path: Path, paths: list[Path], workdir: Path) -> Predictions:
-    from anomalib.deploy import OpenVINOInferencer
+    from anomalib_classaware.deploy import OpenVINOInferencer
 
     with working_directory(workdir):
         inferencer = OpenVINOInferencer(path, device="CPU", config={"INFERENCE_NUM_THREADS": 1})

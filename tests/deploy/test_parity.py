@@ -7,9 +7,19 @@ shapes baked into the graph. Tolerances: score 1e-4, anomaly map 1e-3 (max abs),
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
-from deploy_helpers import MAP_TOLERANCE, MODEL_NAMES, SCORE_TOLERANCE, SIZES, Deployments, Predictions
+from deploy_helpers import (
+    MAP_TOLERANCE,
+    MODEL_NAMES,
+    SCORE_TOLERANCE,
+    SIZES,
+    Deployments,
+    Predictions,
+    working_directory,
+)
 
 CASES = [pytest.param(name, size, id=f"{name}-{size}px") for name in MODEL_NAMES for size in SIZES]
 
@@ -22,6 +32,7 @@ def differences(expected: Predictions, got: Predictions) -> dict[str, float]:
         "map": float(np.abs(expected.anomaly_map - got.anomaly_map).max()),
         "labels": int((expected.label != got.label).sum()),
         "mask_pixels": int(((expected.pred_mask != got.pred_mask) & far_from_threshold).sum()),
+        "categories": int((expected.category != got.category).sum()),
     }
 
 
@@ -34,6 +45,7 @@ def assert_parity(expected: Predictions, got: Predictions, what: str) -> None:
     assert found["map"] <= MAP_TOLERANCE, f"{what}: anomaly maps differ by {found['map']:.2e}"
     assert found["labels"] == 0, f"{what}: labels differ: {expected.label} vs {got.label}"
     assert found["mask_pixels"] == 0, f"{what}: {found['mask_pixels']} mask pixels differ"
+    assert found["categories"] == 0, f"{what}: predicted categories differ: {expected.category} vs {got.category}"
 
 
 @pytest.mark.parametrize(("name", "size"), CASES)
@@ -69,4 +81,21 @@ def test_openvino_graph_has_one_image_input_of_the_export_size(deployments: Depl
     assert shape[0].is_dynamic  # any batch size
     assert [shape[i].get_length() for i in (1, 2, 3)] == [3, size, size]
     names = {next(iter(port.get_names())) for port in model.outputs}
-    assert names == {"pred_score", "pred_label", "anomaly_map", "pred_mask"}
+    assert names == {"pred_score", "pred_label", "anomaly_map", "pred_mask", "pred_category"}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_exports_name_the_predicted_categories(deployments: Deployments, name: str) -> None:
+    """The IR's rt_info and the torch export know the names of the pred_category ids (the datamodule's)."""
+    from anomalib_classaware.deploy import OpenVINOInferencer, TorchInferencer, read_category_names
+
+    deployment = deployments.get(name, SIZES[0])
+    expected = deployment.datamodule.category_names
+    import openvino as ov
+
+    assert read_category_names(ov.Core().read_model(deployment.openvino_path)) == expected
+    with working_directory(deployment.root):
+        assert OpenVINOInferencer(deployment.openvino_path, device="CPU").category_names == expected
+    os.environ.setdefault("TRUST_REMOTE_CODE", "1")
+    assert TorchInferencer(deployment.torch_path, device="cpu").category_names == expected
+    assert set(deployment.checkpoint_predictions.category.tolist()) <= set(range(len(expected)))

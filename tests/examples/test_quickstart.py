@@ -65,11 +65,18 @@ def test_tiny_run_reports_every_category_and_matches_openvino(
     assert result.label_agreement == 1.0
     assert result.int8_label_agreement >= 0.5  # the package's INT8 (anomalib's whole-graph INT8: a constant)
     assert result.median_latency_ms > 0
+    # per category: what the exported model flags, with the category it predicts from the image
+    assert list(result.line_report) == CATEGORIES
+    for row in result.line_report.values():
+        assert (row["normal"], row["defective"]) == (2, 2)
+        assert 0 <= row["normal_flagged"] <= 2 and 0 <= row["defective_caught"] <= 2
+        assert 0 <= row["category_right"] <= 4
 
     printed = capsys.readouterr().out
     assert "one model for 2 categories" in printed
     assert f"OpenVINO vs torch on {result.test_images} test images" in printed
     assert "examples/deploy_openvino.py" in printed and str(result.openvino_paths["fp32"]) in printed
+    assert "normal flagged" in printed and "defective caught" in printed
 
     # a second run must not silently replace the first one
     with pytest.raises(SystemExit, match="holds an earlier run: pass --overwrite"):
@@ -88,6 +95,19 @@ def test_backbone_defaults_follow_the_installed_weights(quickstart: ModuleType) 
     assert quickstart.choose_backbone(None, None) == expected
     assert quickstart.choose_backbone("resnet18", None) == ("resnet18", "none")
     assert quickstart.choose_backbone(None, "none") == ("resnet18", "none")
+
+
+def test_line_report_counts_flags_and_categories(quickstart: ModuleType) -> None:
+    truth = {"a.png": ("brick", False), "b.png": ("brick", True), "c.png": ("coffee", False)}
+    exported = {"a.png": (0.7, True), "b.png": (0.9, True), "c.png": (0.2, False)}
+    report = quickstart.line_report(exported, {"a.png": "brick", "b.png": "coffee", "c.png": "coffee"}, truth)
+    assert report["brick"] == {
+        "normal": 1, "normal_flagged": 1, "defective": 1, "defective_caught": 1, "category_right": 1
+    }  # fmt: skip
+    assert report["coffee"] == {
+        "normal": 1, "normal_flagged": 0, "defective": 0, "defective_caught": 0, "category_right": 1
+    }  # fmt: skip
+    assert "brick" in quickstart.line_report_table(report)
 
 
 def test_label_agreement_leaves_out_scores_on_the_threshold(quickstart: ModuleType) -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from anomalib import LearningType
-from anomalib.data import ImageBatch, InferenceBatch
+from anomalib.data import ImageBatch
 from anomalib.engine import Engine
 
 from anomalib_classaware.data import MultiClassDemo
+from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.models import ClassAwareRecon, ReContrast
 from anomalib_classaware.models.class_aware_recon import ClassAwareReconOutput
 
@@ -85,7 +86,7 @@ def test_inference_runs_no_contrastive_branch_and_needs_no_label() -> None:
     model._view_augmentation = forbidden  # type: ignore[assignment]
     with torch.no_grad():
         first = model.model(torch.randn(2, 3, 32, 32))
-    assert isinstance(first, InferenceBatch)
+    assert isinstance(first, ClassAwareInferenceBatch)
     assert first.pred_score.shape == (2,)
     assert first.anomaly_map.shape == (2, 1, 32, 32)
     # eval mode is deterministic: no noise, no augmentation

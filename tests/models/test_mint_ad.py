@@ -10,12 +10,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from anomalib import LearningType
-from anomalib.data import InferenceBatch, MVTecAD
+from anomalib.data import MVTecAD
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 
 from anomalib_classaware.data import MultiClassFolder
+from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.data.demo_builder import build_demo_dataset
 from anomalib_classaware.models import MintAd
 from anomalib_classaware.models.components import RunningStandardizer, fourier_features, grid_coordinates
@@ -89,7 +90,7 @@ def test_output_contract_in_train_and_eval_mode() -> None:
     model.eval()
     with torch.no_grad():
         prediction = model(images)
-    assert isinstance(prediction, InferenceBatch)
+    assert isinstance(prediction, ClassAwareInferenceBatch)
     assert prediction.pred_score.shape == (2,)
     assert prediction.anomaly_map.shape == (2, 1, 64, 64)
     assert torch.isfinite(prediction.anomaly_map).all()

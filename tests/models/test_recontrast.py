@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from anomalib import LearningType
-from anomalib.data import ImageBatch, ImageItem, InferenceBatch
+from anomalib.data import ImageBatch, ImageItem
 from anomalib.data.utils import read_image
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 from torch.utils.data import DataLoader, Dataset
 
+from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.data.demo_builder import build_demo_dataset
 from anomalib_classaware.models import ReContrast
 from anomalib_classaware.models.components import alpha_schedule
@@ -92,7 +93,7 @@ def test_output_contract_in_train_and_eval_mode() -> None:
     model.eval()
     with torch.no_grad():
         prediction = model(images)
-    assert isinstance(prediction, InferenceBatch)
+    assert isinstance(prediction, ClassAwareInferenceBatch)
     assert prediction.pred_score.shape == (2,)
     assert prediction.anomaly_map.shape == (2, 1, 32, 32)
     assert torch.isfinite(prediction.anomaly_map).all()

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 from anomalib import LearningType
-from anomalib.data import ImageBatch, ImageItem, InferenceBatch
+from anomalib.data import ImageBatch, ImageItem
 from anomalib.engine import Engine
 from anomalib.models.components import AnomalibModule
 from scipy.ndimage import gaussian_filter
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.models import Rlr
 from anomalib_classaware.models.components import neighbourhood_mask
 from anomalib_classaware.models.rlr import RlrLoss, RlrModel, RlrOutput
@@ -238,7 +239,7 @@ def test_shapes_for_two_levels_and_three_backbone_families(backbone: str, channe
     model.eval()
     with torch.no_grad():
         prediction = model(images)
-    assert isinstance(prediction, InferenceBatch)
+    assert isinstance(prediction, ClassAwareInferenceBatch)
     assert prediction.pred_score.shape == (2,)
     assert prediction.anomaly_map.shape == (2, 1, 64, 64)
     assert torch.isfinite(prediction.anomaly_map).all()

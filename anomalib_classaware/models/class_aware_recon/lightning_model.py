@@ -40,6 +40,7 @@ from torch import Tensor
 
 from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
 from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.category_head import CategoryPrototypesMixin
 from anomalib_classaware.models.components.class_labels import ClassLabelsMixin
 from anomalib_classaware.models.components.contrastive import LocalNegatives
 from anomalib_classaware.models.components.lightning_mixins import (
@@ -65,6 +66,7 @@ class ClassAwareRecon(
     OfflineCheckpointMixin,
     PlannedStepsMixin,
     ClassLabelsMixin,
+    CategoryPrototypesMixin,
     CategoryNamesMixin,
     AnomalibModule,
 ):
@@ -195,8 +197,9 @@ class ClassAwareRecon(
             )
 
     def on_train_start(self) -> None:
-        """Fit the pseudo-class centroids once (``class_labels="pseudo"``; restored ones are kept)."""
+        """Fit the pseudo-class centroids and the category prototypes once (restored ones are kept)."""
         self._fit_pseudo_labels()
+        self._fit_category_prototypes()
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """Adam with two learning-rate groups, multiplied by ``lr_decay_factor`` at ``lr_decay_fraction``."""

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from anomalib.data import InferenceBatch
 from torch import Tensor, nn
 
+from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
     build_reverse_distillation_student,
@@ -27,6 +27,7 @@ from anomalib_classaware.models.components import (
     position_noise,
 )
 from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.category_head import CategoryPrototypes
 from anomalib_classaware.models.components.contrastive import ViewEncoding
 from anomalib_classaware.models.components.projection import ProjectionLayer
 
@@ -79,6 +80,7 @@ class ClassAwareReconModel(nn.Module):
         channels, reductions = get_feature_info(self.teacher)
         self.projections = nn.ModuleList(ProjectionLayer(channel) for channel in channels)
         self.bottleneck, self.decoder = build_reverse_distillation_student(channels, reductions)
+        self.category_prototypes = CategoryPrototypes()
         self.noise_std = noise_std
         self.noise_fraction = noise_fraction
         self.noise_probability = noise_probability
@@ -103,6 +105,10 @@ class ClassAwareReconModel(nn.Module):
         self.teacher.eval()  # Lightning may restore submodule modes without calling ``train()``
         return list(self.teacher(images))
 
+    def frozen_features(self, images: Tensor) -> list[Tensor]:
+        """Frozen features the predicted category is computed from (the teacher's)."""
+        return self.teacher_features(images)
+
     def project(self, teacher_features: Sequence[Tensor]) -> list[Tensor]:
         """Apply the per-level projection layers."""
         return [projection(feature) for projection, feature in zip(self.projections, teacher_features, strict=True)]
@@ -114,8 +120,8 @@ class ClassAwareReconModel(nn.Module):
         embedding = self.bottleneck(projected).mean(dim=(2, 3))
         return ViewEncoding(teacher_features, projected, embedding)
 
-    def forward(self, images: Tensor) -> ClassAwareReconOutput | InferenceBatch:
-        """Training: :class:`ClassAwareReconOutput`; eval: ``InferenceBatch(pred_score, anomaly_map)``."""
+    def forward(self, images: Tensor) -> ClassAwareReconOutput | ClassAwareInferenceBatch:
+        """Training: :class:`ClassAwareReconOutput`; eval: ``pred_score``, ``anomaly_map``, ``pred_category``."""
         teacher_features = self.teacher_features(images)
         projected = self.project(teacher_features)
         student_input = projected
@@ -130,4 +136,5 @@ class ClassAwareReconModel(nn.Module):
             view = ViewEncoding(teacher_features, projected, bottleneck.mean(dim=(2, 3)))
             return ClassAwareReconOutput(view, reconstructions)
         anomaly_map, pred_score = self.anomaly_map_generator(teacher_features, reconstructions)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        pred_category = self.category_prototypes.predict(teacher_features)
+        return ClassAwareInferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map, pred_category=pred_category)

@@ -4,7 +4,8 @@
   (``trainer.estimated_stepping_batches``), which the papers' step-based schedules (learning-rate
   decay at 80 %, ReContrast's hard-mining ramp) scale to; recomputed for every new fit, so the
   schedules follow ``max_steps`` or ``max_epochs`` and continue correctly when a fit resumes.
-- :class:`FeatureReconstructionMixin`: ImageNet pre-processing, validation step, one-class learning
+- :class:`CategoryPredictionMixin`: the per-category post-processor, steps that keep ``pred_category``.
+- :class:`FeatureReconstructionMixin`: ImageNet pre-processing, those steps, one-class learning
   type; :func:`step_decay_schedule`: the papers' single step decay of all learning rates.
 - :class:`OfflineCheckpointMixin`: ``load_from_checkpoint`` defaults ``pre_trained=False`` and
   ``weights_path=None``: the checkpoint holds every weight, so loading must not need the model hub
@@ -23,6 +24,8 @@ from anomalib.data import Batch
 from anomalib.pre_processing import PreProcessor
 from lightning.fabric.utilities.types import _MAP_LOCATION_TYPE
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
+
+from anomalib_classaware.post_processing import PerCategoryPostProcessor
 
 from .pre_processing import imagenet_pre_processor
 from .training_guards import TrainingGuardsMixin
@@ -81,24 +84,58 @@ class OfflineCheckpointMixin:
         )
 
 
-class FeatureReconstructionMixin(TrainingGuardsMixin):
+class CategoryPredictionMixin:
+    """Per-category post-processing and steps that keep ``pred_category`` (put before ``AnomalibModule``).
+
+    The default post-processor is :class:`PerCategoryPostProcessor`; validation, test and predict
+    steps return the torch model's predictions with ``pred_category`` on the batch, also on anomalib's
+    own batch classes (whose ``update`` drops unknown fields).
+    """
+
+    @staticmethod
+    def configure_post_processor() -> PerCategoryPostProcessor:
+        """One threshold and min-max per predicted category (:class:`PerCategoryPostProcessor`)."""
+        return PerCategoryPostProcessor()
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Predict; the post-processor learns one threshold and normalisation per predicted category."""
+        del args, kwargs  # These variables are not used.
+        return self._predict_batch(batch)
+
+    def test_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Predict scores, maps and categories of a test batch (the post-processor and evaluator follow)."""
+        del args, kwargs  # These variables are not used.
+        return self._predict_batch(batch)
+
+    def predict_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Predict scores, maps and categories (``pred_category``) of a batch."""
+        del args, kwargs  # These variables are not used.
+        return self._predict_batch(batch)
+
+    def _predict_batch(self, batch: Batch) -> Batch:
+        predictions = self.model(batch.image)  # type: ignore[attr-defined]
+        return attach_predictions(batch, predictions)
+
+
+def attach_predictions(batch: Batch, predictions: Any) -> Batch:
+    """``batch.update`` with the predictions, keeping ``pred_category`` on any batch class."""
+    updated = batch.update(**predictions._asdict())
+    updated.pred_category = getattr(predictions, "pred_category", None)
+    return updated
+
+
+class FeatureReconstructionMixin(CategoryPredictionMixin, TrainingGuardsMixin):
     """What every feature-reconstruction model of the package shares (put before ``AnomalibModule``).
 
-    ImageNet pre-processing, a validation step that returns the torch model's predictions (the
-    post-processor learns its threshold and normalisation from them), the one-class learning type,
-    and the training guards (stop on a non-finite loss; random states in checkpoints).
+    ImageNet pre-processing, the per-category post-processor and steps of
+    :class:`CategoryPredictionMixin`, the one-class learning type, and the training guards (stop on a
+    non-finite loss; random states in checkpoints).
     """
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics."""
         return imagenet_pre_processor(image_size)
-
-    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """Predict scores and maps; the post-processor learns its threshold and normalisation from them."""
-        del args, kwargs  # These variables are not used.
-        predictions = self.model(batch.image)  # type: ignore[attr-defined]
-        return batch.update(**predictions._asdict())
 
     @property
     def learning_type(self) -> LearningType:

@@ -15,6 +15,8 @@ always measures on the test images). The metric is the one given (``Engine.expor
 default to anomalib's image F1 of the labels; a direct ``to_openvino`` call without one uses image
 AUROC). With ``val_split_mode="same_as_test"`` (the default of MVTec-style datamodules) the
 validation images *are* the test images: a warning says so. FP16 and INT8 (weights) are anomalib's.
+Every IR records the names of the ``pred_category`` ids in its ``rt_info``
+(:mod:`anomalib_classaware.deploy.categories`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from anomalib.data.utils import ValSplitMode
 from anomalib.deploy.export import CompressionType, ExportType
 from torch.utils.data import DataLoader
+
+from anomalib_classaware.deploy.categories import add_category_names_to_ir, model_category_names, set_category_names
 
 if TYPE_CHECKING:
     from anomalib.data import AnomalibDataModule
@@ -107,7 +111,7 @@ class NetworkInt8ExportMixin:
 
         """
         if compression_type not in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}:
-            return super().to_openvino(  # type: ignore[misc]
+            path = super().to_openvino(  # type: ignore[misc]
                 export_root,
                 model_file_name,
                 input_size,
@@ -119,6 +123,8 @@ class NetworkInt8ExportMixin:
                 ov_kwargs,
                 onnx_kwargs,
             )
+            add_category_names_to_ir(path, model_category_names(self))
+            return path
         name = CompressionType(compression_type).name
         if compression_type == CompressionType.INT8_ACQ:
             from anomalib_classaware.deploy.export import check_accuracy_control_arguments
@@ -166,6 +172,7 @@ class NetworkInt8ExportMixin:
             len(calibration.dataset),
             "" if validation is None else f", accuracy controlled on {len(validation.dataset)} validation images",
         )
+        set_category_names(quantized, model_category_names(self))
         path = create_export_root(export_root, ExportType.OPENVINO) / f"{model_file_name}.xml"
         ov.save_model(quantized, path, compress_to_fp16=False)
         return path

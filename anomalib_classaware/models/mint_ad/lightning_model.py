@@ -72,7 +72,12 @@ from anomalib_classaware.models.components.categories import (
     category_names_from_datamodule,
     validate_category_names,
 )
-from anomalib_classaware.models.components.lightning_mixins import OfflineCheckpointMixin, PlannedStepsMixin
+from anomalib_classaware.models.components.lightning_mixins import (
+    CategoryPredictionMixin,
+    OfflineCheckpointMixin,
+    PlannedStepsMixin,
+    attach_predictions,
+)
 from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
 from anomalib_classaware.models.components.pre_processing import imagenet_pre_processor
 from anomalib_classaware.models.components.training_guards import TrainingGuardsMixin
@@ -92,6 +97,7 @@ class MintAd(
     OfflineCheckpointMixin,
     PlannedStepsMixin,
     CategoryNamesMixin,
+    CategoryPredictionMixin,
     AnomalibModule,
 ):
     """MINT-AD Lightning module (unified multi-class recipe on UniAD's base).
@@ -385,7 +391,7 @@ class MintAd(
             if bool(known.any()):
                 correct = (logits.argmax(dim=-1) == ids)[known].float().mean()
                 self.log(f"{prefix}_class_accuracy", correct, on_epoch=True, batch_size=int(known.sum()))
-        return batch.update(**predictions._asdict())
+        return attach_predictions(batch, predictions)
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict scores and maps (and log how often the predicted class is right)."""

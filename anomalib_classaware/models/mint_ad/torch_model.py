@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from anomalib.data import InferenceBatch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.models.components import (
     create_feature_extractor,
     feature_jitter,
@@ -405,13 +405,18 @@ class MintAdModel(nn.Module):
         reconstruction = self.decode(memory, self.queries(self.class_embedding(logits, category_ids)))
         return MintAdOutput(features, reconstruction, logits, self.embeddings.mean, self.embeddings.log_var)
 
-    def predict(self, images: Tensor, category_ids: Tensor | None = None) -> tuple[InferenceBatch, Tensor]:
-        """Eval prediction and the class logits; ``category_ids`` (optional) conditions on the true class."""
+    def predict(self, images: Tensor, category_ids: Tensor | None = None) -> tuple[ClassAwareInferenceBatch, Tensor]:
+        """Eval prediction and the class logits; ``category_ids`` (optional) conditions on the true class.
+
+        ``pred_category`` is the classifier's class (or ``category_ids`` when given).
+        """
         output = self.reconstruct(images, category_ids)
         anomaly_map, pred_score = self.anomaly_map_generator([output.features], [output.reconstruction])
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map), output.class_logits
+        pred_category = output.class_logits.argmax(dim=-1) if category_ids is None else category_ids.long()
+        batch = ClassAwareInferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map, pred_category=pred_category)
+        return batch, output.class_logits
 
-    def forward(self, images: Tensor, category_ids: Tensor | None = None) -> MintAdOutput | InferenceBatch:
+    def forward(self, images: Tensor, category_ids: Tensor | None = None) -> MintAdOutput | ClassAwareInferenceBatch:
         """Training: :class:`MintAdOutput`; eval: ``InferenceBatch(pred_score (B,), anomaly_map (B, 1, H, W))``.
 
         In eval the class is predicted from the image unless ``category_ids`` is given, so the

@@ -45,6 +45,7 @@ from torch import Tensor
 from anomalib_classaware.models.components import alpha_schedule
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.category_head import CategoryPrototypesMixin
 from anomalib_classaware.models.components.class_labels import ClassLabelsMixin
 from anomalib_classaware.models.components.contrastive import ClassAwareContrastiveLoss, LocalNegatives
 from anomalib_classaware.models.components.lightning_mixins import (
@@ -68,6 +69,7 @@ class ReContrast(
     OfflineCheckpointMixin,
     PlannedStepsMixin,
     ClassLabelsMixin,
+    CategoryPrototypesMixin,
     CategoryNamesMixin,
     AnomalibModule,
 ):
@@ -198,9 +200,10 @@ class ReContrast(
         self._record_category_names()
 
     def on_train_start(self) -> None:
-        """Fit pseudo-class centroids once (``class_aware`` with ``class_labels="pseudo"``)."""
+        """Fit pseudo-class centroids (``class_aware``, ``class_labels="pseudo"``) and category prototypes once."""
         if self.class_aware:
             self._fit_pseudo_labels()
+        self._fit_category_prototypes()
 
     def teacher_features(self, images: Tensor) -> list[Tensor]:
         """Frozen-encoder features of a pre-processed batch (pseudo-labels)."""

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from anomalib.data import InferenceBatch
 from torch import Tensor, nn
 
+from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
     build_reverse_distillation_student,
@@ -33,6 +33,7 @@ from anomalib_classaware.models.components import (
     get_feature_info,
 )
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.category_head import CategoryPrototypes
 from anomalib_classaware.models.components.contrastive import ViewEncoding
 
 
@@ -106,6 +107,7 @@ class ReContrastModel(nn.Module):
         self.bottleneck, self.decoder = build_reverse_distillation_student(
             channels, reductions, decoder_activation=decoder_activation, num_heads_sets=2
         )
+        self.category_prototypes = CategoryPrototypes()
         self.anomaly_map_generator = AnomalyMapGenerator(
             image_size=input_size,
             reduction="mean",
@@ -162,10 +164,16 @@ class ReContrastModel(nn.Module):
             frozen_features = list(self.frozen_encoder(images))
         return ViewEncoding(frozen_features, trainable_features, self.bottleneck(trainable_features).mean(dim=(2, 3)))
 
-    def forward(self, images: Tensor) -> ReContrastOutput | InferenceBatch:
-        """Training: :class:`ReContrastOutput`; eval: ``InferenceBatch(pred_score (B,), anomaly_map (B, 1, H, W))``."""
+    def frozen_features(self, images: Tensor) -> list[Tensor]:
+        """Frozen-encoder features (no graph): what the predicted category is computed from."""
+        with torch.no_grad():
+            return list(self.frozen_encoder(images))
+
+    def forward(self, images: Tensor) -> ReContrastOutput | ClassAwareInferenceBatch:
+        """Training: :class:`ReContrastOutput`; eval: ``pred_score``, ``anomaly_map``, ``pred_category``."""
         output = self.cross_reconstruct(images)
         if self.training:
             return output
         anomaly_map, pred_score = self.anomaly_map_generator(output.targets(), output.reconstructions())
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        pred_category = self.category_prototypes.predict(output.frozen_features)
+        return ClassAwareInferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map, pred_category=pred_category)

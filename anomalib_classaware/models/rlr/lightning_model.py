@@ -41,6 +41,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.category_head import CategoryPrototypesMixin
 from anomalib_classaware.models.components.lightning_mixins import FeatureReconstructionMixin, OfflineCheckpointMixin
 from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
 from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
@@ -50,7 +51,12 @@ from .torch_model import RlrModel
 
 
 class Rlr(
-    NetworkInt8ExportMixin, FeatureReconstructionMixin, OfflineCheckpointMixin, CategoryNamesMixin, AnomalibModule
+    NetworkInt8ExportMixin,
+    FeatureReconstructionMixin,
+    OfflineCheckpointMixin,
+    CategoryPrototypesMixin,
+    CategoryNamesMixin,
+    AnomalibModule,
 ):
     """RLR Lightning module (unified multi-class recipe).
 
@@ -157,6 +163,10 @@ class Rlr(
     def on_fit_start(self) -> None:
         """Record the datamodule's category names (or one class, said once in the log) in the hyperparameters."""
         self._record_category_names()
+
+    def on_train_start(self) -> None:
+        """Fit the category prototypes once (restored ones are kept)."""
+        self._fit_category_prototypes()
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """Adam on the reconstruction transformers (the backbone is frozen)."""

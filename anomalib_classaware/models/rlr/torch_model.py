@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from anomalib.data import InferenceBatch
 from torch import Tensor, nn
 
+from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
     create_feature_extractor,
@@ -49,6 +49,7 @@ from anomalib_classaware.models.components import (
 )
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.attention import MaskedAttention
+from anomalib_classaware.models.components.category_head import CategoryPrototypes
 
 
 class RlrOutput(NamedTuple):
@@ -255,6 +256,7 @@ class RlrModel(nn.Module):
         for parameter in self.feature_extractor.parameters():
             parameter.requires_grad_(False)
         self.feature_extractor.eval()
+        self.category_prototypes = CategoryPrototypes()
         self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2) if pool_size > 1 else nn.Identity()
 
         channels, reductions = get_feature_info(self.feature_extractor)
@@ -327,11 +329,16 @@ class RlrModel(nn.Module):
             reconstructions.append(output.transpose(1, 2).reshape(batch, channels, height, width))
         return reconstructions
 
-    def forward(self, images: Tensor) -> RlrOutput | InferenceBatch:
-        """Training: :class:`RlrOutput`; eval: ``InferenceBatch(pred_score (B,), anomaly_map (B, 1, H, W))``."""
+    def frozen_features(self, images: Tensor) -> list[Tensor]:
+        """Frozen, pooled backbone features: what the predicted category is computed from."""
+        return self.extract_features(images)
+
+    def forward(self, images: Tensor) -> RlrOutput | ClassAwareInferenceBatch:
+        """Training: :class:`RlrOutput`; eval: ``pred_score`` (B,), ``anomaly_map`` (B, 1, H, W), ``pred_category``."""
         features = self.extract_features(images)
         reconstructions = self.reconstruct(features, jitter=self.training)
         if self.training:
             return RlrOutput(features, reconstructions)
         anomaly_map, pred_score = self.anomaly_map_generator(features, reconstructions)
-        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+        pred_category = self.category_prototypes.predict(features)
+        return ClassAwareInferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map, pred_category=pred_category)
