@@ -23,6 +23,7 @@ from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
     build_reverse_distillation_student,
     create_feature_extractor,
+    frozen_batchnorm_statistics,
     get_feature_info,
     position_noise,
 )
@@ -108,10 +109,16 @@ class ClassAwareReconModel(nn.Module):
         return [projection(feature) for projection, feature in zip(self.projections, teacher_features, strict=True)]
 
     def encode_view(self, images: Tensor) -> ViewEncoding:
-        """Teacher, projection and pooled bottleneck embedding of a view (training-time contrastive branch)."""
+        """Teacher, projection and pooled bottleneck embedding of a view (training-time contrastive branch).
+
+        The bottleneck's BatchNorm layers normalise the view with its own batch statistics but do not
+        fold them into the running statistics used at inference (:func:`frozen_batchnorm_statistics`):
+        augmented images (colour jitter, grayscale, rotation) are never seen at inference.
+        """
         teacher_features = self.teacher_features(images)
         projected = self.project(teacher_features)
-        embedding = self.bottleneck(projected).mean(dim=(2, 3))
+        with frozen_batchnorm_statistics(self.bottleneck):
+            embedding = self.bottleneck(projected).mean(dim=(2, 3))
         return ViewEncoding(teacher_features, projected, embedding)
 
     def forward(self, images: Tensor) -> ClassAwareReconOutput | InferenceBatch:
