@@ -102,7 +102,7 @@ def test_feature_noise_only_in_training() -> None:
     model.model.bottleneck.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0][0].clone()))
     model.model(images)
     projected = model.model.project(model.model.teacher_features(images))
-    assert not torch.allclose(seen[-1], projected[0])
+    assert not torch.allclose(seen[0], projected[0])
     model.model.eval()
     model.model(images)
     assert torch.allclose(seen[-1], projected[0])
@@ -282,3 +282,22 @@ def test_recontrast_augmented_view_does_not_enter_the_batchnorm_running_statisti
     _assert_view_leaves_running_statistics(
         model.model.bottleneck, lambda: model.model(images), lambda: model.model.encode_view(view).embedding
     )
+
+
+def test_global_embedding_comes_from_the_clean_projected_features() -> None:
+    model = small_model(noise_probability=1.0)  # every training batch is noised
+    model.model.train()
+    images = torch.randn(4, 3, 32, 32)
+    seen: list[torch.Tensor] = []
+    model.model.bottleneck.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0][0].clone()))
+    torch.manual_seed(1)
+    output = model.model(images)
+    projected = model.model.project(model.model.teacher_features(images))
+    assert not torch.allclose(seen[0], projected[0])  # the reconstruction path is noised
+    with torch.no_grad():
+        clean = model.model.encode_view(images).embedding  # same images, no noise, batch statistics
+    torch.testing.assert_close(output.view.embedding, clean)
+    torch.testing.assert_close(output.view.projected_features[0], projected[0])
+    seen.clear()
+    model.model(images, clean_embedding=False)  # no loss uses the embedding: no extra bottleneck pass
+    assert len(seen) == 1
