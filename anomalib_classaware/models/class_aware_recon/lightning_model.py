@@ -235,6 +235,14 @@ class ClassAwareRecon(
         return {"loss": losses.total}
 
     @property
+    def wants_class_balanced_batches(self) -> bool:
+        """Ask our datamodules for class-balanced batches: SupCon needs same-category images in a batch.
+
+        True with dataset labels and the contrastive terms on (pseudo labels must not see the categories).
+        """
+        return self.class_labels == "dataset" and self.loss.contrastive.enabled
+
+    @property
     def trainer_arguments(self) -> dict[str, Any]:
         """Gradient clipping at ``gradient_clip_val`` (code: 5), no sanity validation."""
         return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
