@@ -189,6 +189,7 @@ def _run_payload(config: BenchmarkConfig, run: RunSpec, weights: tuple[str | Non
         "input_size": config.input_size,
         "max_steps": config.max_steps,
         "max_epochs": config.max_epochs,
+        "time_budget_s": config.time_budget_s,
         "speed_batch_sizes": list(config.speed_batch_sizes),
         "speed_warmup": config.speed_warmup,
         "speed_repeats": config.speed_repeats,
@@ -246,14 +247,24 @@ def _header_lines(
         f"- Backbone: `{config.backbone}`, weights: `{weights_label}`; input size {config.input_size} px",
         f"- Training budget per model: {budget_description(config)} (memory-bank models: one epoch); "
         "the separate setting trains one model per category with that same budget each",
+        *(
+            [
+                f"- Time budget: {config.time_budget_s:g} s of training time per model; training stops after the "
+                "first step that reaches it (memory-bank models: their feature-extraction epoch stops, the "
+                "memory-bank build that follows is counted but cannot be cut short)"
+            ]
+            if config.time_budget_s is not None
+            else []
+        ),
         f"- Seeds: {', '.join(str(seed) for seed in config.seeds)} (per-model overrides in the table); "
         "values are percent, mean ± sample std over seeds",
         f"- torch threads: {', '.join(threads) or '–'}; device: {', '.join(devices) or '–'}; "
         "inference speed: eager torch forward (pre-processing + model + post-processing) on random images, "
         f"median of {config.speed_repeats} after {config.speed_warmup} warm-up passes (ms/image = 1000 / img/s)",
-        "- Train img/s: training images / training-loop time (validation excluded; Patchcore: feature "
-        "extraction only). Fit (s): `Engine.fit` wall time per model, with the validation pass that fits the "
-        "post-processor (and Patchcore's coreset). Peak RSS: `ru_maxrss` of the run's worker process, "
+        "- Train img/s: training images / training time (the training loop without validation; memory-bank "
+        "models such as Patchcore: feature extraction plus the memory-bank (coreset) build). Steps: optimizer "
+        "steps reached (memory-bank models: batches). Fit (s): `Engine.fit` wall time per model, with the "
+        "validation pass that fits the post-processor. Peak RSS: `ru_maxrss` of the run's worker process, "
         "max over runs. Params: the torch model's parameters, per model",
         f"- Wall time: {len(ok_runs)} successful runs ({separate_models} of them separate per-category models) "
         f"took {run_time / 60:.1f} min in total; this invocation ran {executed} run(s) in {wall_time / 60:.1f} min "

@@ -94,6 +94,12 @@ class BenchmarkConfig:
         input_size: Side of the square model input.
         max_steps: Training budget in optimizer steps per model (memory-bank models: one epoch).
         max_epochs: Training budget in epochs per model (used when ``max_steps`` is not set).
+        time_budget_s: Wall-clock training budget per model in seconds (``None``: none), on top of
+            ``max_steps``/``max_epochs``: training stops after the first step at which the training time
+            (validation excluded) reaches it; the steps reached are reported (``train_steps``). Schedules
+            stay planned for ``max_steps``. Memory-bank models (Patchcore): the budget cuts their
+            feature-extraction epoch, and the memory-bank (coreset) build that follows counts as training
+            time but cannot be interrupted, so their training time can exceed the budget.
         seeds: Seeds; every (model, setting) is run once per seed.
         speed_batch_sizes: Batch sizes of the inference-speed measurement (empty: skip it).
         speed_warmup: Untimed forward passes before timing.
@@ -125,6 +131,7 @@ class BenchmarkConfig:
     input_size: int = 128
     max_steps: int | None = None
     max_epochs: int | None = None
+    time_budget_s: float | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     speed_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     speed_warmup: int = 2
@@ -167,12 +174,17 @@ def profile_path(name: str) -> Path:
 
 
 def budget_description(config: BenchmarkConfig) -> str:
-    """``"max_steps=N"``, ``"max_epochs=N"`` or ``"1 epoch"`` (no budget given)."""
-    if config.max_steps is not None:
-        return f"max_steps={config.max_steps}"
-    if config.max_epochs is not None:
-        return f"max_epochs={config.max_epochs}"
-    return "max_epochs=1"
+    """``"max_steps=N"``, ``"max_epochs=N"`` or ``"max_epochs=1"`` (none given), with ``", time_budget_s=T"``."""
+    return budget_text(config.max_steps, config.max_epochs, config.time_budget_s)
+
+
+def budget_text(max_steps: int | None, max_epochs: int | None, time_budget_s: float | None = None) -> str:
+    """The text of a training budget (see :func:`budget_description`)."""
+    if max_steps is not None:
+        text = f"max_steps={max_steps}"
+    else:
+        text = f"max_epochs={max_epochs if max_epochs is not None else 1}"
+    return f"{text}, time_budget_s={time_budget_s:g}" if time_budget_s is not None else text
 
 
 def model_label(spec: ModelSpec, backbone: str) -> str:

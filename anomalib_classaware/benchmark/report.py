@@ -40,6 +40,9 @@ BASE_COLUMNS: tuple[str, ...] = (
     *METRICS,
     "train_time_s",
     "train_steps",
+    "time_budget_s",
+    "stopped_by_time_budget",
+    "memory_bank_time_s",
     "train_images",
     "train_images_per_s",
     "fit_time_s",
@@ -168,7 +171,7 @@ class SettingSummary:
         return max(values) if reduce == "max" else sum(values) / len(values)
 
 
-_MEASUREMENTS = ("train_images_per_s", "fit_time_s", "peak_rss_mb", "params", "run_wall_time_s")
+_MEASUREMENTS = ("train_images_per_s", "train_steps", "fit_time_s", "peak_rss_mb", "params", "run_wall_time_s")
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[SettingSummary]:
@@ -239,7 +242,7 @@ def _backbone_text(summary: SettingSummary) -> str:
 def summary_table(summaries: Sequence[SettingSummary]) -> list[str]:
     """Markdown lines of the mean-metrics table (percent; ± std over seeds when there are several)."""
     speed_names = speed_columns(run.measurements for summary in summaries for run in summary.runs)
-    header = ["Model", "Setting", "Seeds", *(METRIC_TITLES[m] for m in METRICS), "Train img/s", "Fit (s)"]
+    header = ["Model", "Setting", "Seeds", *(METRIC_TITLES[m] for m in METRICS), "Train img/s", "Steps", "Fit (s)"]
     header += [f"Infer img/s (bs {name[len('infer_bs') : -len('_images_per_s')]})" for name in speed_names]
     header += ["Peak RSS (MiB)", "Params (M)", "Backbone [layers], weights"]
     lines = []
@@ -247,6 +250,7 @@ def summary_table(summaries: Sequence[SettingSummary]) -> list[str]:
         line = [summary.model, _setting_text(summary), ", ".join(str(seed) for seed in summary.seeds)]
         line += [_percent(*summary.metric(metric)) for metric in METRICS]
         line.append(_plain(summary.measurement("train_images_per_s")))
+        line.append(_plain(summary.measurement("train_steps"), 0))
         line.append(_plain(summary.measurement("fit_time_s"), 0))
         line += [_plain(summary.measurement(name)) for name in speed_names]
         line.append(_plain(summary.measurement("peak_rss_mb", "max"), 0))
@@ -287,7 +291,12 @@ def write_summary_csv(summaries: Sequence[SettingSummary], path: str | Path) -> 
         row: dict[str, Any] = {"model": summary.model, "setting": summary.setting, "seeds": len(summary.runs)}
         for metric in METRICS:
             row[metric], row[f"{metric}_std"] = summary.metric(metric)
-        for name in ("train_images_per_s", "fit_time_s", *speed_columns(r.measurements for r in summary.runs)):
+        for name in (
+            "train_images_per_s",
+            "train_steps",
+            "fit_time_s",
+            *speed_columns(r.measurements for r in summary.runs),
+        ):
             row[name] = summary.measurement(name)
         row["peak_rss_mb"] = summary.measurement("peak_rss_mb", "max")
         row["params"] = summary.measurement("params")

@@ -28,7 +28,7 @@ from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch import nn
 
-from anomalib_classaware.benchmark.config import COMPONENT_RD, ModelSpec, uses_component_rd
+from anomalib_classaware.benchmark.config import COMPONENT_RD, ModelSpec, budget_text, uses_component_rd
 from anomalib_classaware.benchmark.speed import DEFAULT_VARIANTS, measure_deployment, measure_inference_speed
 from anomalib_classaware.metrics import PerCategoryEvaluator
 from anomalib_classaware.models.components import load_backbone_weights
@@ -300,21 +300,56 @@ def build_model(
 
 
 class TrainTimer(Callback):
-    """Wall time of the training loop without the validation passes it contains; images and steps seen."""
+    """Training time and the images and steps it saw; optionally stops training at a wall-clock budget.
 
-    def __init__(self) -> None:
+    Training time is the wall time of the training loop without the validation passes inside it,
+    plus, for memory-bank models (``MemoryBankMixin``: Patchcore...), the memory-bank build
+    (``fit()``, e.g. coreset sampling) that anomalib runs when validation starts: that build is
+    their training. With ``time_budget_s``, the first training step after which the training time
+    reaches the budget sets ``trainer.should_stop`` (Lightning then validates and ends the fit); a
+    memory-bank build that follows cannot be interrupted and is counted in full.
+
+    Args:
+        time_budget_s: seconds of training time after which training stops (``None``: no budget).
+
+    """
+
+    def __init__(self, time_budget_s: float | None = None) -> None:
+        if time_budget_s is not None and time_budget_s <= 0:
+            msg = f"`time_budget_s` must be positive, got {time_budget_s}."
+            raise ValueError(msg)
+        self.time_budget_s = time_budget_s
         self.images = 0
         self.batches = 0
         self.validation_runs = 0
+        self.stopped_by_time_budget = False
+        self.memory_bank_time = 0.0
         self._start = 0.0
         self._validation_start = 0.0
         self._validation_time = 0.0
+        self._in_validation = False
         self.train_time = 0.0
 
+    def elapsed(self) -> float:
+        """Training time so far (during training, outside validation)."""
+        return time.perf_counter() - self._start - self._validation_time + self.memory_bank_time
+
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the clock."""
-        del trainer, pl_module
+        """Start the clock; time the memory-bank build of memory-bank models."""
+        del trainer
         self._start = time.perf_counter()
+        if isinstance(pl_module, MemoryBankMixin):
+            build = pl_module.fit
+
+            def timed_build(*args: Any, **kwargs: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return build(*args, **kwargs)
+                finally:
+                    if self._in_validation:  # otherwise the training loop's clock already counts it
+                        self.memory_bank_time += time.perf_counter() - start
+
+            pl_module.fit = timed_build  # type: ignore[method-assign]
 
     def on_train_batch_end(
         self,
@@ -324,26 +359,33 @@ class TrainTimer(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """Count the batch and its images."""
-        del trainer, pl_module, outputs, batch_idx
+        """Count the batch and its images; stop training once the time budget is spent."""
+        del pl_module, outputs, batch_idx
         self.batches += 1
         self.images += int(batch.image.shape[0])
+        if self.time_budget_s is not None and self.elapsed() >= self.time_budget_s and not trainer.should_stop:
+            trainer.should_stop = True
+            self.stopped_by_time_budget = True
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Pause the clock for validation."""
         del trainer, pl_module
         self._validation_start = time.perf_counter()
+        self._in_validation = True
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Resume the clock."""
         del trainer, pl_module
         self._validation_time += time.perf_counter() - self._validation_start
+        self._in_validation = False
         self.validation_runs += 1
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Stop the clock."""
-        del trainer, pl_module
-        self.train_time = time.perf_counter() - self._start - self._validation_time
+        del trainer
+        self.train_time = self.elapsed()
+        if "fit" in vars(pl_module):
+            del pl_module.fit  # the class's method again
 
 
 def peak_rss_mb() -> float:
@@ -352,17 +394,20 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
-def _budget_arguments(model: AnomalibModule, max_steps: int | None, max_epochs: int | None) -> tuple[dict, str]:
+def _budget_arguments(
+    model: AnomalibModule, max_steps: int | None, max_epochs: int | None, time_budget_s: float | None = None
+) -> tuple[dict, str]:
     """Trainer arguments of the training budget (validation once, at the end) and their description."""
+    suffix = f", time_budget_s={time_budget_s:g}" if time_budget_s is not None else ""
     if isinstance(model, MemoryBankMixin):
-        return {"max_epochs": 1}, "1 epoch (memory bank)"
+        return {"max_epochs": 1}, f"1 epoch (memory bank){suffix}"
     if max_steps is not None:
         return (
             {"max_steps": max_steps, "check_val_every_n_epoch": None, "val_check_interval": max_steps},
-            f"max_steps={max_steps}",
+            budget_text(max_steps, None, time_budget_s),
         )
     epochs = max_epochs or 1
-    return {"max_epochs": epochs, "check_val_every_n_epoch": epochs}, f"max_epochs={epochs}"
+    return {"max_epochs": epochs, "check_val_every_n_epoch": epochs}, budget_text(None, epochs, time_budget_s)
 
 
 def execute_run(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -371,7 +416,7 @@ def execute_run(payload: Mapping[str, Any]) -> dict[str, Any]:
     Args:
         payload: ``model`` (ModelSpec fields), ``setting``, ``seed``, ``categories``, ``data``
             (``class_path``, ``init_args``), ``backbone``, ``weights_path``, ``pre_trained``,
-            ``input_size``, ``max_steps``, ``max_epochs``, ``speed_batch_sizes``, ``speed_warmup``,
+            ``input_size``, ``max_steps``, ``max_epochs``, ``time_budget_s``, ``speed_batch_sizes``, ``speed_warmup``,
             ``speed_repeats``, ``threads``, ``run_dir``, ``keep_checkpoints``; optionally ``speed``,
             ``speed_threads``, ``speed_variants`` (deployment speed of unified runs).
 
@@ -403,8 +448,9 @@ def execute_run(payload: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(model.evaluator, Evaluator) and not isinstance(model.evaluator, PerCategoryEvaluator):
         model.evaluator = PerCategoryEvaluator.from_evaluator(model.evaluator, print_table=False)
 
-    budget, budget_text = _budget_arguments(model, payload.get("max_steps"), payload.get("max_epochs"))
-    timer = TrainTimer()
+    time_budget_s = payload.get("time_budget_s")
+    budget, budget_record = _budget_arguments(model, payload.get("max_steps"), payload.get("max_epochs"), time_budget_s)
+    timer = TrainTimer(time_budget_s)
     engine = Engine(
         default_root_dir=run_dir,
         callbacks=[timer],
@@ -445,8 +491,11 @@ def execute_run(payload: Mapping[str, Any]) -> dict[str, Any]:
         "status": "ok",
         "metrics": results,
         **record,
-        "budget": budget_text,
+        "budget": budget_record,
         "train_steps": timer.batches,
+        "time_budget_s": time_budget_s,
+        "stopped_by_time_budget": timer.stopped_by_time_budget,
+        "memory_bank_time_s": timer.memory_bank_time,
         "train_images": timer.images,
         "train_time_s": timer.train_time,
         "train_images_per_s": timer.images / timer.train_time if timer.train_time > 0 else math.nan,

@@ -6,10 +6,12 @@ from anomalib_classaware.data.dataclasses import MultiClassImageBatch, MultiClas
 from anomalib_classaware.data.dataset import MultiClassDataset, MultiClassSyntheticDataset
 from anomalib_classaware.data.demo import MultiClassDemo
 from anomalib_classaware.data.multiclass import MultiClassDataModule, MultiClassFolder
+from anomalib_classaware.data.sampler import ClassBalancedBatchSampler
 from anomalib_classaware.data.samples import CategoryIndex
 
 __all__ = [
     "CategoryIndex",
+    "ClassBalancedBatchSampler",
     "MultiClassDataModule",
     "MultiClassDataset",
     "MultiClassDemo",

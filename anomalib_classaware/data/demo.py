@@ -42,6 +42,9 @@ class MultiClassDemo(MultiClassDataModule):
             :class:`~anomalib_classaware.data.multiclass.MultiClassDataModule`).
         check_images: Check every file at setup (about 0.3 s for the default demo data).
         training_guards: Stop on a NaN/inf loss; resume with the saved random states.
+        balanced_batches: Class-balanced training batches (``None``: when the model asks for them).
+        categories_per_batch: Categories per balanced batch (``None``: derived from ``train_batch_size``).
+        images_per_category: Images per category in a balanced batch (``None``: derived).
 
     Example:
         >>> from anomalib.engine import Engine
@@ -77,6 +80,9 @@ class MultiClassDemo(MultiClassDataModule):
         skip_corrupt: bool = False,
         check_images: bool = True,
         training_guards: bool = True,
+        balanced_batches: bool | None = None,
+        categories_per_batch: int | None = None,
+        images_per_category: int | None = None,
     ) -> None:
         if root is None:
             variant = f"{image_size}px-seed{generation_seed}-{num_train}-{num_test_good}-{num_test_defective}"
@@ -100,6 +106,9 @@ class MultiClassDemo(MultiClassDataModule):
             skip_corrupt=skip_corrupt,
             check_images=check_images,
             training_guards=training_guards,
+            balanced_batches=balanced_batches,
+            categories_per_batch=categories_per_batch,
+            images_per_category=images_per_category,
         )
         self.image_size = image_size
         self.num_train = num_train

@@ -8,6 +8,8 @@ anomalib's datamodules hold one ``category`` each (a list fails to parse: anomal
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,11 +20,13 @@ from anomalib.metrics import Evaluator
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
 from anomalib_classaware.callbacks import FiniteLossGuard, RandomStateCheckpoint
 from anomalib_classaware.data.dataset import MultiClassDataset, MultiClassSyntheticDataset
 from anomalib_classaware.data.images import check_sample_files
+from anomalib_classaware.data.sampler import MODEL_ATTRIBUTE, ClassBalancedBatchSampler, balanced_batch_shape
 from anomalib_classaware.data.samples import (
     CategoryIndex,
     make_multiclass_samples,
@@ -44,6 +48,13 @@ class MultiClassDataModule(AnomalibDataModule):
     ``mean/<metric>`` with this data, computed on raw scores, with one threshold per category.
     ``training_guards=True`` (default) adds :func:`attach_training_guards`'s callbacks: training stops
     on a NaN/inf loss, and resuming restores the random states.
+
+    Class-balanced batches (:mod:`anomalib_classaware.data.sampler`): ``balanced_batches=None``
+    (default) gives them to models that ask (``ClassAwareRecon``, ``ReContrast(class_aware=True)``
+    with dataset labels: their SupCon term needs same-category images in a batch), ``True`` to every
+    model, ``False`` to none. Each batch then holds ``categories_per_batch`` categories x
+    ``images_per_category`` images; given one, the other is ``train_batch_size`` divided by it; given
+    neither, the split of ``train_batch_size`` with the fewest images per category (at least 2).
 
     Bad input: at setup every image and mask file is checked (:func:`check_sample_files`, about
     0.3 ms per 256 px PNG); an unreadable file is an error listing all of them, or with
@@ -81,6 +92,9 @@ class MultiClassDataModule(AnomalibDataModule):
         skip_corrupt: bool = False,
         check_images: bool = True,
         training_guards: bool = True,
+        balanced_batches: bool | None = None,
+        categories_per_batch: int | None = None,
+        images_per_category: int | None = None,
     ) -> None:
         if skip_corrupt and not check_images:
             msg = "skip_corrupt=True needs check_images=True: unreadable files are found by the check at setup."
@@ -110,6 +124,10 @@ class MultiClassDataModule(AnomalibDataModule):
         self.skip_corrupt = skip_corrupt
         self.check_images = check_images
         self.training_guards = training_guards
+        self.balanced_batches = balanced_batches
+        self.categories_per_batch = categories_per_batch
+        self.images_per_category = images_per_category
+        self._balanced_logged = False
 
     def _check_categories(self) -> list[str]:
         return resolve_categories(self.data_root, self._requested_categories, self.valid_categories)
@@ -151,6 +169,68 @@ class MultiClassDataModule(AnomalibDataModule):
             attach_per_category_evaluator(self.trainer)
         if self.training_guards and self.trainer is not None:
             attach_training_guards(self.trainer)
+
+    def train_dataloader(self) -> DataLoader:
+        """The training loader: anomalib's shuffled one, or class-balanced batches (see the class docstring)."""
+        batch_sampler = self.class_balanced_batch_sampler()
+        if batch_sampler is None:
+            return super().train_dataloader()
+        return DataLoader(
+            dataset=self.train_data,
+            batch_sampler=batch_sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or self.train_data.collate_fn,
+        )
+
+    def class_balanced_batch_sampler(self) -> ClassBalancedBatchSampler | None:
+        """The training batch sampler when batches are class-balanced (``None``: anomalib's shuffling).
+
+        Raises:
+            ValueError: with ``balanced_batches=True`` and arguments no batch can satisfy. When only the
+                model asks (``balanced_batches=None``), such arguments log a warning and keep the shuffling.
+
+        """
+        model = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        requested = self.balanced_batches
+        reason = "balanced_batches=True"
+        if requested is None:
+            requested = bool(getattr(model, MODEL_ATTRIBUTE, False))
+            reason = f"{type(model).__name__} asks for them; balanced_batches=False turns them off"
+        if not requested:
+            return None
+        ids = [int(index) for index in self.train_data.samples.category_id]
+        sizes = list(Counter(ids).values())
+        if self.balanced_batches is None and len(sizes) < 2:
+            return None  # one category: balancing changes nothing
+        names = self.category_names
+        try:
+            shape = balanced_batch_shape(
+                self.train_batch_size, sizes, self.categories_per_batch, self.images_per_category
+            )
+            trainer = self.trainer
+            sampler = ClassBalancedBatchSampler(
+                ids,
+                *shape,
+                seed=self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                num_replicas=getattr(trainer, "world_size", 1) if trainer is not None else 1,
+                rank=getattr(trainer, "global_rank", 0) if trainer is not None else 0,
+                category_names=names,
+            )
+        except ValueError as error:
+            if self.balanced_batches:
+                raise
+            logger.warning("Class-balanced batches not possible (%s); using shuffled batches.", error)
+            return None
+        if not self._balanced_logged:
+            logger.info(
+                "Class-balanced batches (%s): %d categories x %d images each, %d batches per epoch and process.",
+                reason,
+                sampler.categories_per_batch,
+                sampler.images_per_category,
+                len(sampler),
+            )
+            self._balanced_logged = True
+        return sampler
 
     def _setup(self, _stage: str | None = None) -> None:
         categories = self.categories
@@ -269,6 +349,10 @@ class MultiClassFolder(MultiClassDataModule):
         check_images: Check every file at setup. Defaults to ``True``.
         training_guards: Stop on a NaN/inf loss and resume with the saved random states
             (:func:`attach_training_guards`). Defaults to ``True``.
+        balanced_batches: Class-balanced training batches: ``None`` when the model asks for them
+            (``ClassAwareRecon``, ``ReContrast(class_aware=True)``), ``True`` always, ``False`` never.
+        categories_per_batch: Categories per balanced batch (``None``: derived).
+        images_per_category: Images per category in a balanced batch (``None``: derived).
 
     Example:
         >>> datamodule = MultiClassFolder(root="./my_parts", categories=["bolt", "washer"])

@@ -218,3 +218,21 @@ def test_quick_profile(tmp_path: Path) -> None:
     assert {row["status"] for row in rows} == {"ok"}, [row["error"] for row in rows]
     assert (output / RESULTS_PNG).is_file()
     assert "## Multi-class gap" in (output / RESULTS_MD).read_text()
+
+
+def test_time_budget_stops_training_and_counts_the_memory_bank_build(tmp_path: Path) -> None:
+    output = tmp_path / "bench"
+    models = '[{"name": "ComponentReverseDistillation"}, {"name": "Patchcore"}]'
+    argv = ["--profile", "smoke", "--output", str(output), "--models", models, "--isolate", "false"]
+    assert main([*argv, "--max_steps", "50", "--time_budget_s", "1e-6"]) == 0
+    rows = {row["model"]: row for row in read_results(output / RESULTS_CSV)}
+    assert {row["status"] for row in rows.values()} == {"ok"}, [row["error"] for row in rows.values()]
+    rd, patchcore = rows["RD (components, resnet18)"], rows["Patchcore"]
+    assert int(rd["train_steps"]) == 1  # stopped after the first step, not at max_steps=50
+    assert rd["stopped_by_time_budget"] == "True"
+    assert rd["budget"] == "max_steps=50, time_budget_s=1e-06"
+    assert int(patchcore["train_steps"]) == 1  # its feature-extraction epoch (2 batches) is cut short as well
+    assert 0 < float(patchcore["memory_bank_time_s"]) <= float(patchcore["train_time_s"])
+    markdown = (output / RESULTS_MD).read_text()
+    assert "Time budget: 1e-06 s of training time per model" in markdown
+    assert "| Steps |" in markdown

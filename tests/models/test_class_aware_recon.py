@@ -103,7 +103,7 @@ def test_feature_noise_only_in_training() -> None:
     model.model.bottleneck.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0][0].clone()))
     model.model(images)
     projected = model.model.project(model.model.teacher_features(images))
-    assert not torch.allclose(seen[-1], projected[0])
+    assert not torch.allclose(seen[0], projected[0])
     model.model.eval()
     model.model(images)
     assert torch.allclose(seen[-1], projected[0])
@@ -233,3 +233,72 @@ def test_recontrast_class_aware_adds_the_contrastive_terms() -> None:
     contrastive.total.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in aware.model.encoder.parameters())
     assert all(p.grad is None for p in aware.model.frozen_encoder.parameters())
+
+
+def _running_statistics(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: buffer.clone()
+        for name, buffer in module.named_buffers()
+        if name.rsplit(".", 1)[-1] in {"running_mean", "running_var", "num_batches_tracked"}
+    }
+
+
+def _assert_view_leaves_running_statistics(bottleneck: torch.nn.Module, main_pass, view_pass) -> None:
+    before = _running_statistics(bottleneck)
+    main_pass()
+    after_main = _running_statistics(bottleneck)
+    assert any(not torch.equal(before[name], after_main[name]) for name in before)  # the main pass does update them
+    embedding = view_pass()
+    after_view = _running_statistics(bottleneck)
+    assert after_view.keys() == after_main.keys()
+    for name, value in after_main.items():
+        assert torch.equal(after_view[name], value), name
+    embedding.sum().backward()  # still a training pass: the view's embedding carries a gradient
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in bottleneck.parameters())
+
+
+def test_augmented_view_does_not_enter_the_batchnorm_running_statistics() -> None:
+    model = small_model(noise_probability=0.0)
+    model.model.train()
+    images = torch.randn(4, 3, 32, 32)
+    view = model.view_augmentation(images)
+    _assert_view_leaves_running_statistics(
+        model.model.bottleneck, lambda: model.model(images), lambda: model.model.encode_view(view).embedding
+    )
+
+
+def test_recontrast_augmented_view_does_not_enter_the_batchnorm_running_statistics() -> None:
+    torch.manual_seed(0)
+    model = ReContrast(
+        backbone="resnet18",
+        pre_trained=False,
+        input_size=(32, 32),
+        evaluator=False,
+        visualizer=False,
+        class_aware=True,
+    )
+    model.model.train()
+    images = torch.randn(4, 3, 32, 32)
+    view = model._view_augmentation(images, model.pre_processor)
+    _assert_view_leaves_running_statistics(
+        model.model.bottleneck, lambda: model.model(images), lambda: model.model.encode_view(view).embedding
+    )
+
+
+def test_global_embedding_comes_from_the_clean_projected_features() -> None:
+    model = small_model(noise_probability=1.0)  # every training batch is noised
+    model.model.train()
+    images = torch.randn(4, 3, 32, 32)
+    seen: list[torch.Tensor] = []
+    model.model.bottleneck.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0][0].clone()))
+    torch.manual_seed(1)
+    output = model.model(images)
+    projected = model.model.project(model.model.teacher_features(images))
+    assert not torch.allclose(seen[0], projected[0])  # the reconstruction path is noised
+    with torch.no_grad():
+        clean = model.model.encode_view(images).embedding  # same images, no noise, batch statistics
+    torch.testing.assert_close(output.view.embedding, clean)
+    torch.testing.assert_close(output.view.projected_features[0], projected[0])
+    seen.clear()
+    model.model(images, clean_embedding=False)  # no loss uses the embedding: no extra bottleneck pass
+    assert len(seen) == 1

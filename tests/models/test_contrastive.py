@@ -165,3 +165,31 @@ def test_feature_jitter_scales_with_the_token_norm() -> None:
     assert (feature_jitter(maps, 4.0, channel_dim=1, generator=generator) - maps).std().item() == pytest.approx(
         2.0, rel=0.1
     )
+
+
+def test_one_class_batch_falls_back_to_instance_discrimination() -> None:
+    # Two images of one class and their views; the only positive of each anchor is its other view (InfoNCE).
+    z1, z2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    v1, v2 = torch.tensor([0.6, 0.8]), torch.tensor([0.8, 0.6])
+    tau = 0.5
+
+    def anchor(positive: float, others: list[float]) -> float:
+        return -(positive / tau - math.log(sum(math.exp(value / tau) for value in others)))
+
+    expected = (
+        anchor(0.6, [0.0, 0.6, 0.8])  # z1: positive v1; others z2, v1, v2
+        + anchor(0.6, [0.0, 0.8, 0.6])  # z2: positive v2; others z1, v1, v2
+        + anchor(0.6, [0.6, 0.8, 0.96])  # v1: positive z1; others z1, z2, v2
+        + anchor(0.6, [0.8, 0.6, 0.96])  # v2: positive z2; others z1, z2, v1
+    ) / 4
+    levels = [torch.randn(2, 4, 2, 2)]
+    view = ViewEncoding(levels, levels, torch.stack([z1, z2]))
+    augmented = ViewEncoding(levels, levels, torch.stack([v1, v2]))
+    loss = ClassAwareContrastiveLoss(tau, 1.0, 0.0).compare_views(torch.tensor([3, 3]), view, augmented)
+    assert loss.global_loss.item() == pytest.approx(expected, rel=1e-6)
+    collapsed = supervised_contrastive_loss(torch.stack([z1, z2, v1, v2]), torch.tensor([3, 3, 3, 3]), tau)
+    assert collapsed.item() != pytest.approx(expected, rel=1e-3)  # plain SupCon: every image a positive
+    # with two classes the loss is plain SupCon on the labels
+    two = ClassAwareContrastiveLoss(tau, 1.0, 0.0).compare_views(torch.tensor([0, 1]), view, augmented)
+    plain = supervised_contrastive_loss(torch.stack([z1, z2, v1, v2]), torch.tensor([0, 1, 0, 1]), tau)
+    assert two.global_loss.item() == pytest.approx(plain.item(), rel=1e-6)

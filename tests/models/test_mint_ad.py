@@ -441,6 +441,70 @@ def test_checkpoint_round_trip_restores_the_class_count(fitted_forty) -> None:
         torch.testing.assert_close(got.pred_score, expected.pred_score, rtol=0, atol=0)
 
 
+@pytest.fixture(scope="module")
+def fitted_two(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """MintAd fitted 1 step on categories brick/coins (32 px); returns the data root and the checkpoint."""
+    from tests.conftest import write_mvtec_category
+
+    root = tmp_path_factory.mktemp("mint_two")
+    for index, name in enumerate(["brick", "coins", "grass"]):
+        write_mvtec_category(root / "data", name, num_train=2, num_good=1, num_per_defect=1, seed=index)
+    model = small_model(size=32, feature_stride=8)
+    engine = Engine(default_root_dir=root / "results", max_steps=1, logger=False, enable_progress_bar=False)
+    engine.fit(model, datamodule=MultiClassFolder(root / "data", categories=["brick", "coins"], num_workers=0))
+    checkpoint = root / "mint_two.ckpt"
+    engine.trainer.save_checkpoint(checkpoint)
+    return root, checkpoint
+
+
+@pytest.mark.parametrize(
+    ("categories", "shown"),
+    [
+        (["brick", "coins", "grass"], "3 categories ['brick', 'coins', 'grass']"),
+        (["brick", "grass"], "['brick', 'grass']"),
+    ],
+)
+def test_resuming_with_other_categories_is_a_clear_error(fitted_two, categories, shown) -> None:
+    root, checkpoint = fitted_two
+    model = small_model(size=32, feature_stride=8)
+    engine = Engine(default_root_dir=root / "resume", max_steps=2, logger=False, enable_progress_bar=False)
+    datamodule = MultiClassFolder(root / "data", categories=categories, num_workers=0)
+    with pytest.raises(ValueError, match="trained on 2 categories") as error:
+        engine.fit(model, datamodule=datamodule, ckpt_path=checkpoint)
+    assert "['brick', 'coins']" in str(error.value)
+    assert shown in str(error.value)
+    assert "load_from_checkpoint" in str(error.value)
+
+
+def test_resuming_with_the_same_categories_optimises_the_restored_table(fitted_two) -> None:
+    root, checkpoint = fitted_two
+    model = small_model(size=32, feature_stride=8)
+    engine = Engine(default_root_dir=root / "resume_same", max_steps=2, logger=False, enable_progress_bar=False)
+    engine.fit(
+        model,
+        datamodule=MultiClassFolder(root / "data", categories=["brick", "coins"], num_workers=0),
+        ckpt_path=checkpoint,
+    )
+    assert model.global_step == 2
+    assert model.category_names == ["brick", "coins"]
+    optimizer_ids = {id(p) for group in engine.trainer.optimizers[0].param_groups for p in group["params"]}
+    assert {id(model.model.embeddings.mean), id(model.model.class_head.weight)} <= optimizer_ids
+
+
+def test_fine_tuning_on_other_categories_remaps_the_class_table_by_name(fitted_two) -> None:
+    _, checkpoint = fitted_two
+    loaded = MintAd.load_from_checkpoint(checkpoint, evaluator=False, visualizer=False)
+    coins_mean = loaded.model.embeddings.mean[1].detach().clone()
+    coins_head = loaded.model.class_head.weight[1].detach().clone()
+    loaded._trainer = SimpleNamespace(datamodule=SimpleNamespace(category_names=["coins", "grass", "zinc"]))
+    loaded.setup("fit")
+    assert loaded.category_names == ["coins", "grass", "zinc"]
+    assert loaded.model.num_classes == 3
+    torch.testing.assert_close(loaded.model.embeddings.mean[0], coins_mean)  # coins keeps its embedding
+    torch.testing.assert_close(loaded.model.class_head.weight[0], coins_head)
+    assert not torch.equal(loaded.model.embeddings.mean[1], coins_mean)
+
+
 # ---------------------------------------------------------------- export
 
 

@@ -7,7 +7,8 @@ Reverse Distillation with a trainable projection layer per scale between the fro
 and the bottleneck (:mod:`.torch_model`), trained with ``L_rec + l1 * L_global + l2 * L_local``
 (:mod:`.loss`): the class labels (the datamodule's ``category_id`` or k-means pseudo-classes)
 make images of one class gather and images of other classes repel, globally (SupCon on the pooled
-bottleneck embedding) and locally (dense InfoNCE on projected features). The augmented view is
+bottleneck embedding of the clean, un-noised projected features) and locally (dense InfoNCE on
+projected features). The augmented view is
 made on the device inside the training step. Recipe (authors' code): Adam, betas (0.5, 0.999),
 lr 1e-3 for the projection layers and 5e-3 for bottleneck and decoder, both x0.1 at 80 % of the
 planned steps, gradient clipping at 5, batch 16. Inference needs no class label and runs no
@@ -216,7 +217,7 @@ class ClassAwareRecon(
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the batch, encode its augmented view, and return ``L_rec + l1 L_global + l2 L_local``."""
         del args, kwargs  # These variables are not used.
-        output = self.model(batch.image)
+        output = self.model(batch.image, clean_embedding=self.loss.contrastive.global_weight > 0)
         labels = self.training_labels(batch, output.view.teacher_features)
         augmented = None
         if self.loss.contrastive.enabled:
@@ -235,6 +236,14 @@ class ClassAwareRecon(
         for name in ("reconstruction", "global_contrastive", "local_contrastive"):
             self.log(f"train_{name}_loss", getattr(losses, name).detach(), on_step=True, batch_size=batch_size)
         return {"loss": losses.total}
+
+    @property
+    def wants_class_balanced_batches(self) -> bool:
+        """Ask our datamodules for class-balanced batches: SupCon needs same-category images in a batch.
+
+        True with dataset labels and the contrastive terms on (pseudo labels must not see the categories).
+        """
+        return self.class_labels == "dataset" and self.loss.contrastive.enabled
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 Reverse Distillation base: frozen teacher -> per-level :class:`ProjectionLayer` -> multi-scale
 fusion bottleneck -> mirrored decoder, which reconstructs the raw teacher features. The global
-embedding of an image is the average-pooled bottleneck output. In training, feature noise is
-added to the projected features that feed the bottleneck (not to those the contrastive losses
-see), and :meth:`encode_view` encodes the augmented view (teacher, projection, bottleneck; no
-decoder). At inference only teacher -> projection -> bottleneck -> decoder runs: no class label,
-no contrastive branch, no augmentation.
+embedding of an image is the average-pooled bottleneck output on its **clean** projected
+features. In training, feature noise is added to the projected features that feed the
+bottleneck for reconstruction only (authors' code): the contrastive losses see clean features,
+so a noised batch runs the bottleneck once more on the clean features for its embedding (with
+frozen BatchNorm running statistics, :meth:`embed`). :meth:`encode_view` encodes the augmented
+view (teacher, projection, bottleneck; no decoder). At inference only teacher -> projection ->
+bottleneck -> decoder runs: no class label, no contrastive branch, no augmentation.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
     build_reverse_distillation_student,
     create_feature_extractor,
+    frozen_batchnorm_statistics,
     get_feature_info,
     position_noise,
 )
@@ -113,19 +116,37 @@ class ClassAwareReconModel(nn.Module):
         """Apply the per-level projection layers."""
         return [projection(feature) for projection, feature in zip(self.projections, teacher_features, strict=True)]
 
+    def embed(self, projected: Sequence[Tensor]) -> Tensor:
+        """``(B, D)`` global embedding: pooled bottleneck output, BatchNorm running statistics left untouched."""
+        with frozen_batchnorm_statistics(self.bottleneck):
+            return self.bottleneck(projected).mean(dim=(2, 3))
+
     def encode_view(self, images: Tensor) -> ViewEncoding:
-        """Teacher, projection and pooled bottleneck embedding of a view (training-time contrastive branch)."""
+        """Teacher, projection and pooled bottleneck embedding of a view (training-time contrastive branch).
+
+        The bottleneck's BatchNorm layers normalise the view with its own batch statistics but do not
+        fold them into the running statistics used at inference (:func:`frozen_batchnorm_statistics`):
+        augmented images (colour jitter, grayscale, rotation) are never seen at inference.
+        """
         teacher_features = self.teacher_features(images)
         projected = self.project(teacher_features)
-        embedding = self.bottleneck(projected).mean(dim=(2, 3))
-        return ViewEncoding(teacher_features, projected, embedding)
+        return ViewEncoding(teacher_features, projected, self.embed(projected))
 
-    def forward(self, images: Tensor) -> ClassAwareReconOutput | ClassAwareInferenceBatch:
-        """Training: :class:`ClassAwareReconOutput`; eval: ``pred_score``, ``anomaly_map``, ``pred_category``."""
+    def forward(self, images: Tensor, clean_embedding: bool = True) -> ClassAwareReconOutput | ClassAwareInferenceBatch:
+        """Training: :class:`ClassAwareReconOutput`; eval: ``pred_score``, ``anomaly_map``, ``pred_category``.
+
+        Args:
+            images: pre-processed ``(B, 3, H, W)`` batch.
+            clean_embedding: in a noised training batch, compute the global embedding on the clean
+                projected features (one more bottleneck pass). ``False`` skips that pass when no loss
+                uses the embedding; the returned embedding is then the noised path's.
+
+        """
         teacher_features = self.teacher_features(images)
         projected = self.project(teacher_features)
         student_input = projected
-        if self.training and float(torch.rand(())) < self.noise_probability:  # one draw per batch
+        noised = self.training and float(torch.rand(())) < self.noise_probability  # one draw per batch
+        if noised:
             student_input = [position_noise(level, self.noise_std, self.noise_fraction, 1.0) for level in projected]
         bottleneck = self.bottleneck(student_input)
         reconstructions = self.decoder(
@@ -133,7 +154,8 @@ class ClassAwareReconModel(nn.Module):
             output_sizes=[tuple(feature.shape[-2:]) for feature in teacher_features],
         )[0]
         if self.training:
-            view = ViewEncoding(teacher_features, projected, bottleneck.mean(dim=(2, 3)))
+            embedding = self.embed(projected) if noised and clean_embedding else bottleneck.mean(dim=(2, 3))
+            view = ViewEncoding(teacher_features, projected, embedding)
             return ClassAwareReconOutput(view, reconstructions)
         anomaly_map, pred_score = self.anomaly_map_generator(teacher_features, reconstructions)
         pred_category = self.category_prototypes.predict(teacher_features)

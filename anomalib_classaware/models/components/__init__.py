@@ -11,6 +11,7 @@ from .backbone import (
     map_state_dict,
     read_state_dict,
 )
+from .batchnorm import frozen_batchnorm_statistics
 from .blocks import BlockConfig, ResidualBlock, make_activation, make_stage, reverse_distillation_blocks
 from .bottleneck import MultiScaleFusionBottleneck
 from .categories import CategoryNamesMixin, batch_category_ids, validate_category_names
@@ -42,6 +43,7 @@ __all__ = [
     "create_feature_extractor",
     "feature_jitter",
     "fourier_features",
+    "frozen_batchnorm_statistics",
     "get_feature_info",
     "global_cosine_hard_mining_loss",
     "grid_coordinates",

@@ -6,6 +6,10 @@ A plug-and-play training-only component: it never runs at inference or export.
   L2-normalised embeddings; samples of the same class are positives. The global term of the
   paper applies it to the pooled bottleneck embeddings of a batch and of its augmented view.
   (The authors' v2 code adds a term that rewards similarity to negatives; we use standard SupCon.)
+  When the (global) batch holds one class, e.g. with anomalib's single-category datamodules,
+  SupCon would make every other image a positive and have no negative: its minimum is the
+  collapsed state. The global term then falls back to instance discrimination (InfoNCE / NT-Xent,
+  SimCLR): each image's only positive is its own augmented view (ours).
 - :func:`match_positions`: for every position of an image's original view, the most similar
   position of its augmented view (cosine on frozen-teacher features).
 - :func:`dense_contrastive_loss`: the local term, InfoNCE per position: anchor = projected
@@ -252,6 +256,8 @@ class ClassAwareContrastiveLoss(nn.Module):
     ) -> ContrastiveLosses:
         """Compute both terms on the (DDP-global) batch.
 
+        A batch of one class makes the global term instance discrimination (own view the only positive).
+
         Args:
             labels: ``(B,)`` class per image (dataset ids or pseudo labels).
             embeddings: ``(B, D)`` global embeddings of the original view.
@@ -267,7 +273,12 @@ class ClassAwareContrastiveLoss(nn.Module):
         global_loss = zero
         if self.global_weight > 0:
             joint = torch.cat([gather_with_grad(embeddings), gather_with_grad(augmented_embeddings)])
-            global_loss = supervised_contrastive_loss(joint, torch.cat([all_labels, all_labels]), self.temperature)
+            global_labels = all_labels
+            if bool((all_labels == all_labels[0]).all()):  # one class: instance discrimination, not collapse
+                global_labels = torch.arange(len(all_labels), device=all_labels.device)
+            global_loss = supervised_contrastive_loss(
+                joint, torch.cat([global_labels, global_labels]), self.temperature
+            )
         local_loss = zero
         if self.local_weight > 0:
             levels = []

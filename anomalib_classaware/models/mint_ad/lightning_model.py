@@ -35,8 +35,11 @@ abstract):
 Class count: the class table is sized from the datamodule's ``category_names`` in ``setup`` of
 the fit stage (before the optimiser is created) and saved as ``category_names``; a checkpoint
 restores it (``load_from_checkpoint``, or ``trainer.test(ckpt_path=...)`` on a freshly built
-model). ``class_conditioning="true_label"`` evaluates with the true class's embedding instead of
-the predicted mixture: only possible in validation/test, where the batch carries ``category_id``
+model). Resuming a fit (``ckpt_path``) with other categories than the checkpoint's is an error
+that names both lists; fitting a loaded model on other categories remaps the class table by name
+(known categories keep their embedding and classifier row, new ones start fresh).
+``class_conditioning="true_label"`` evaluates with the true class's embedding instead of the
+predicted mixture: only possible in validation/test, where the batch carries ``category_id``
 (never in ``predict`` or in an exported model, which see the image only).
 
 Example:
@@ -63,6 +66,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
 from anomalib_classaware.models.components import batch_category_ids
@@ -262,8 +266,18 @@ class MintAd(
 
     # ------------------------------------------------------------------ classes
 
-    def _set_classes(self, names: list[str]) -> None:
-        if len(names) != self.model.num_classes:
+    def _set_classes(self, names: list[str], previous: list[str] | None) -> None:
+        """Size the class table for ``names``; rows of ``previous`` (the current table's names) are kept by name."""
+        if previous is not None and previous != names and len(previous) == self.model.num_classes:
+            source = [previous.index(name) if name in previous else -1 for name in names]
+            self.model.remap_classes(source)
+            logger.info(
+                "MintAd: class table remapped by name from %s to %s; %s start from a fresh embedding.",
+                previous,
+                names,
+                [name for name, index in zip(names, source, strict=True) if index < 0] or "no categories",
+            )
+        elif len(names) != self.model.num_classes:
             logger.info("MintAd: %d classes (%s); resizing the class table.", len(names), names)
             self.model.set_num_classes(len(names))
         self.category_names = names
@@ -281,17 +295,28 @@ class MintAd(
             return
         trainer = getattr(self, "_trainer", None)
         datamodule = getattr(trainer, "datamodule", None)
+        previous = list(self.category_names) if self.category_names else None
         if datamodule is None and self.category_names:
             names = list(self.category_names)
         else:
             names = self._record_category_names()
-        self._set_classes(names)
+        self._set_classes(names, previous)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resize the class table to the checkpoint's before its weights are loaded; restore the names."""
+        """Resize the class table to the checkpoint's before its weights are loaded; restore the names.
+
+        Raises:
+            ValueError: when a fit resumes (``ckpt_path``) with other categories than the checkpoint's:
+                the optimiser already holds the datamodule's class table, and the checkpoint's rows
+                belong to other categories.
+
+        """
         super().on_load_checkpoint(checkpoint)
         head = checkpoint.get("state_dict", {}).get("model.class_head.weight")
         names = checkpoint.get("hyper_parameters", {}).get("category_names")
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            self._check_resumed_classes(None if names is None else list(names), head)
         if head is not None:
             self.model.set_num_classes(int(head.shape[0]))
         if names:
@@ -302,6 +327,22 @@ class MintAd(
             self.category_names = names
             self.hparams["category_names"] = names
         self.hparams["num_classes"] = self.model.num_classes
+
+    def _check_resumed_classes(self, names: list[str] | None, head: torch.Tensor | None) -> None:
+        current = list(self.category_names or [])
+        count = int(head.shape[0]) if head is not None else len(names or [])
+        if (names is None or names == current) and count in {0, self.model.num_classes}:
+            return
+        shown = names if names is not None else f"{count} unnamed classes"
+        msg = (
+            f"MintAd: the checkpoint was trained on {count} categories {shown}, but the datamodule gives "
+            f"{len(current)} categories {current}. Resuming a fit (`ckpt_path`) needs the checkpoint's categories: "
+            "its class embeddings, classifier rows and optimiser state belong to them. Resume with a datamodule of "
+            "those categories, or, to train on these categories from the checkpoint's weights, load it with "
+            "`MintAd.load_from_checkpoint(path)` and fit without `ckpt_path` (the class table is then remapped by "
+            "name: known categories keep their embedding, new ones start fresh)."
+        )
+        raise ValueError(msg)
 
     def _build_category_lookup(self) -> None:
         """Map the datamodule's category ids onto the model's (by name); -1 for categories it never saw."""

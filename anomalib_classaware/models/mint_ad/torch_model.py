@@ -327,6 +327,30 @@ class MintAdModel(nn.Module):
         if self.class_aware:
             self.embeddings = ClassEmbeddings(num_classes, self.embeddings.dim).to(device)
 
+    @torch.no_grad()
+    def remap_classes(self, source: Sequence[int]) -> None:
+        """Rebuild the class table with ``len(source)`` rows; row ``i`` copies old row ``source[i]`` (``-1``: fresh).
+
+        Classifier rows and (if class-aware) class Gaussians of known classes are kept, new classes
+        start from the initialisation. The parameters are new: call this before the optimiser is created.
+        """
+        if not source or any(index < -1 or index >= self.num_classes for index in source):
+            msg = f"Invalid class remapping {list(source)} for {self.num_classes} classes."
+            raise ValueError(msg)
+        old_head, old_embeddings = self.class_head, self.embeddings
+        device = old_head.weight.device
+        self.class_head = nn.Linear(old_head.in_features, len(source)).to(device)
+        if self.class_aware:
+            self.embeddings = ClassEmbeddings(len(source), old_embeddings.dim).to(device)
+        for row, index in enumerate(source):
+            if index < 0:
+                continue
+            self.class_head.weight[row] = old_head.weight[index]
+            self.class_head.bias[row] = old_head.bias[index]
+            if self.class_aware:
+                self.embeddings.mean[row] = old_embeddings.mean[index]
+                self.embeddings.log_var[row] = old_embeddings.log_var[index]
+
     def train(self, mode: bool = True) -> MintAdModel:
         """Set training mode; the frozen backbone always stays in eval mode."""
         super().train(mode)

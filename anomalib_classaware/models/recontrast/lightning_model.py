@@ -263,6 +263,11 @@ class ReContrast(
         return {"loss": loss}
 
     @property
+    def wants_class_balanced_batches(self) -> bool:
+        """Ask our datamodules for class-balanced batches (``class_aware`` with dataset labels: SupCon needs them)."""
+        return self.contrastive_loss is not None and self.contrastive_loss.enabled and self.class_labels == "dataset"
+
+    @property
     def trainer_arguments(self) -> dict[str, Any]:
         """No gradient clipping, no sanity validation; the training length is left to the user."""
         return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}

@@ -30,6 +30,7 @@ from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
     build_reverse_distillation_student,
     create_feature_extractor,
+    frozen_batchnorm_statistics,
     get_feature_info,
 )
 from anomalib_classaware.models.components.anomaly_map import ScoreReduction
@@ -156,13 +157,17 @@ class ReContrastModel(nn.Module):
         """Frozen and trainable features and pooled bottleneck embedding of a view (``class_aware=True``).
 
         The class-aware terms (Fan et al., arXiv 2412.04769) act on the trainable encoder, ReContrast's
-        counterpart of the projection layer; positions are matched on the frozen encoder's features.
+        counterpart of the projection layer; positions are matched on the frozen encoder's features. The
+        bottleneck's BatchNorm layers normalise the view with its batch statistics without updating the
+        running statistics used at inference (augmented images are never seen there).
         """
         self._encoders_eval()
         trainable_features = list(self.encoder(images))
         with torch.no_grad():
             frozen_features = list(self.frozen_encoder(images))
-        return ViewEncoding(frozen_features, trainable_features, self.bottleneck(trainable_features).mean(dim=(2, 3)))
+        with frozen_batchnorm_statistics(self.bottleneck):
+            embedding = self.bottleneck(trainable_features).mean(dim=(2, 3))
+        return ViewEncoding(frozen_features, trainable_features, embedding)
 
     def frozen_features(self, images: Tensor) -> list[Tensor]:
         """Frozen-encoder features (no graph): what the predicted category is computed from."""
