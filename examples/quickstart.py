@@ -67,6 +67,7 @@ class QuickstartResult:
     images_on_threshold: int
     median_latency_ms: float
     int8_label_agreement: float | None = None
+    inference_precision: str = "f32"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -152,8 +153,12 @@ def torch_scores(engine: Engine, model: AnomalibModule, datamodule: MultiClassDe
     return scores
 
 
-def openvino_scores(model_path: Path, paths: Sequence[str]) -> tuple[Scores, list[float]]:
-    """Score each image with the OpenVINO runtime alone: path -> (score, label), and the latencies in ms."""
+def openvino_scores(model_path: Path, paths: Sequence[str]) -> tuple[Scores, list[float], str]:
+    """Score each image with the OpenVINO runtime alone: path -> (score, label), the latencies in ms, the precision.
+
+    The detector compiles the IR in the precision it records (f32): OpenVINO's default on CPUs with
+    BF16 would be bfloat16 (score differences ~1e-2).
+    """
     detector = OpenVINODetector(model_path)
     scores: Scores = {}
     latencies: list[float] = []
@@ -161,7 +166,7 @@ def openvino_scores(model_path: Path, paths: Sequence[str]) -> tuple[Scores, lis
         detection = detector.predict(read_rgb(path))
         scores[path] = (detection.score, detection.label)
         latencies.append(detection.latency_ms)
-    return scores, latencies
+    return scores, latencies, detector.precision
 
 
 def agreement(reference: Scores, other: Scores) -> tuple[float, float, int]:
@@ -222,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
 
     print("\n[4/4] Scoring the test images with the OpenVINO runtime alone")
     reference = torch_scores(engine, model, datamodule)
-    fp32, latencies = openvino_scores(openvino_paths["fp32"], sorted(reference))
+    fp32, latencies, precision = openvino_scores(openvino_paths["fp32"], sorted(reference))
     difference, same_labels, on_threshold = agreement(reference, fp32)
     int8_same = None
     if args.int8:
@@ -238,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
         images_on_threshold=on_threshold,
         median_latency_ms=float(np.median(latencies)),
         int8_label_agreement=int8_same,
+        inference_precision=precision,
     )
     print_summary(args, result, datamodule)
     return result
@@ -252,7 +258,7 @@ def print_summary(args: argparse.Namespace, result: QuickstartResult, datamodule
     if result.images_on_threshold:
         uncounted = f" ({result.images_on_threshold} image(s) within {ON_THRESHOLD:g} of the threshold not counted)"
     print(
-        f"OpenVINO vs torch on {result.test_images} test images: max |score difference| "
+        f"OpenVINO ({result.inference_precision}) vs torch on {result.test_images} test images: max |score difference| "
         f"{result.max_score_difference:.1e}, identical labels {100 * result.label_agreement:.1f} %{uncounted}, "
         f"median latency {result.median_latency_ms:.1f} ms/image"
     )

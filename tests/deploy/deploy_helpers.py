@@ -226,10 +226,18 @@ def run_torch_inferencer(path: Path, paths: list[Path]) -> Predictions:
 
 
 def run_openvino_inferencer(path: Path, paths: list[Path], workdir: Path) -> Predictions:
+    """anomalib's ``OpenVINOInferencer`` as the README tells users to build it: in the precision the IR records.
+
+    OpenVINO's CPU plugin ignores the IR's recorded precision (and compiles an f32 graph in bf16 on CPUs
+    with BF16), so the config passes it: ``inference_config(path)`` (tests/deploy/test_precision.py).
+    """
     from anomalib.deploy import OpenVINOInferencer
 
+    from anomalib_classaware.deploy import inference_config
+
     with working_directory(workdir):
-        inferencer = OpenVINOInferencer(path, device="CPU", config={"INFERENCE_NUM_THREADS": 1})
+        config = {"INFERENCE_NUM_THREADS": 1, **inference_config(path)}
+        inferencer = OpenVINOInferencer(path, device="CPU", config=config)
         return Predictions.stack([_outputs(inferencer.predict(p)) for p in paths])
 
 
