@@ -20,8 +20,11 @@ at the end. Images are resized to the model's input size; maps are resized back 
 
 ``latency_ms`` is pre-processing and inference of one image (the time until the accept/reject
 decision); the throughput printed at the end counts everything (reading, inference, overlays,
-CSV). Exit status: 0 if every image was scored, 1 if some files were skipped, 2 on a usage error
-(missing model or source, or an earlier run's ``predictions.csv`` in ``--output`` without ``--overwrite``).
+CSV). ``--precision`` (default ``auto``: what the IR records, ``f32`` for the package's FP32 and INT8
+exports) keeps OpenVINO from running an FP32 graph in bfloat16 on CPUs with BF16. Exit status: 0 if
+every image was scored, 1 if some files were skipped, 2 on a usage error (missing model or source,
+``--precision bf16`` on a CPU without BF16, or an earlier run's ``predictions.csv`` in ``--output``
+without ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ import sys
 import time
 from pathlib import Path
 
-from anomalib_classaware.deploy import ImageReadError, OpenVINODetector, iter_image_paths, overlay, read_rgb
+from anomalib_classaware.deploy import (
+    PRECISIONS,
+    ImageReadError,
+    OpenVINODetector,
+    iter_image_paths,
+    overlay,
+    read_rgb,
+)
 
 CSV_COLUMNS = ("path", "score", "label", "category", "latency_ms", "error")
 
@@ -53,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=Path("inspection"), help="output folder (default: inspection)")
     parser.add_argument("--device", default="CPU", help="OpenVINO device (default: CPU)")
     parser.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: all cores)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="floating-point precision: auto = the one the IR records (f32 for FP32 and INT8 exports, bf16 for the "
+        "bf16 variants; f32 if none), f32, or bf16 (CPUs with AVX-512 BF16 or AMX only) (default: auto)",
+    )
     parser.add_argument("--no-overlays", action="store_true", help="write the CSV only")
     parser.add_argument("--alpha", type=float, default=0.4, help="heat-map opacity in the overlays (default: 0.4)")
     parser.add_argument(
@@ -80,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.source != "-" and not Path(args.source).exists():
         parser.error(f"image source not found: {args.source}")
     try:
-        detector = OpenVINODetector(args.model, device=args.device, threads=args.threads)
-    except FileNotFoundError as error:
+        detector = OpenVINODetector(args.model, device=args.device, threads=args.threads, precision=args.precision)
+    except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     predictions = args.output / "predictions.csv"
     if predictions.exists() and not args.overwrite:
@@ -130,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
 
     scored = len(latencies)
+    print(f"Inference precision: {detector.precision} ({args.device})")
     print(f"Scored {scored} image(s) in {elapsed:.2f} s: {scored / elapsed if elapsed > 0 else 0:.1f} images/s overall")
     if latencies:
         ordered = sorted(latencies)

@@ -75,6 +75,7 @@ class QuickstartResult:
     median_latency_ms: float
     line_report: dict[str, dict[str, int]]
     int8_label_agreement: float | None = None
+    inference_precision: str = "f32"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -173,8 +174,12 @@ def torch_scores(engine: Engine, model: AnomalibModule, datamodule: MultiClassDe
     return scores, truth
 
 
-def openvino_scores(model_path: Path, paths: Sequence[str]) -> tuple[Scores, list[float], dict[str, str | None]]:
-    """Score each image with the OpenVINO runtime alone: (score, label), latencies (ms), predicted categories."""
+def openvino_scores(model_path: Path, paths: Sequence[str]) -> tuple[Scores, list[float], dict[str, str | None], str]:
+    """Score each image with the OpenVINO runtime alone: (score, label), latencies (ms), categories, precision.
+
+    The detector compiles the IR in the precision it records (f32): OpenVINO's default on CPUs with
+    BF16 would be bfloat16 (score differences ~1e-2).
+    """
     detector = OpenVINODetector(model_path)
     scores: Scores = {}
     latencies: list[float] = []
@@ -184,7 +189,7 @@ def openvino_scores(model_path: Path, paths: Sequence[str]) -> tuple[Scores, lis
         scores[path] = (detection.score, detection.label)
         latencies.append(detection.latency_ms)
         categories[path] = detection.category
-    return scores, latencies, categories
+    return scores, latencies, categories, detector.precision
 
 
 def line_report(exported: Scores, categories: dict[str, str | None], truth: Truth) -> dict[str, dict[str, int]]:
@@ -274,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
 
     print("\n[4/4] Scoring the test images with the OpenVINO runtime alone")
     reference, truth = torch_scores(engine, model, datamodule)
-    fp32, latencies, categories = openvino_scores(openvino_paths["fp32"], sorted(reference))
+    fp32, latencies, categories, precision = openvino_scores(openvino_paths["fp32"], sorted(reference))
     difference, same_labels, on_threshold = agreement(reference, fp32)
     int8_same = None
     if args.int8:
@@ -291,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> QuickstartResult:
         median_latency_ms=float(np.median(latencies)),
         line_report=line_report(fp32, categories, truth),
         int8_label_agreement=int8_same,
+        inference_precision=precision,
     )
     print_summary(args, result, datamodule)
     return result
@@ -305,7 +311,7 @@ def print_summary(args: argparse.Namespace, result: QuickstartResult, datamodule
     if result.images_on_threshold:
         uncounted = f" ({result.images_on_threshold} image(s) within {ON_THRESHOLD:g} of the threshold not counted)"
     print(
-        f"OpenVINO vs torch on {result.test_images} test images: max |score difference| "
+        f"OpenVINO ({result.inference_precision}) vs torch on {result.test_images} test images: max |score difference| "
         f"{result.max_score_difference:.1e}, identical labels {100 * result.label_agreement:.1f} %{uncounted}, "
         f"median latency {result.median_latency_ms:.1f} ms/image"
     )

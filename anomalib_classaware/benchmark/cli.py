@@ -328,6 +328,20 @@ def cpu_description() -> str:
     return f"{name or platform.processor() or 'unknown CPU'}, {cores} cores available"
 
 
+def cpu_precision_description() -> str:
+    """The CPU's ISA flags that matter for INT8/BF16 (``/proc/cpuinfo``), its class and OpenVINO's capabilities."""
+    from anomalib_classaware.benchmark.speed import cpu_isa_flags, isa_class
+    from anomalib_classaware.deploy import cpu_capabilities
+
+    flags = cpu_isa_flags()
+    capabilities = cpu_capabilities()
+    bf16 = "measured" if "BF16" in capabilities else "skipped: no BF16 on this CPU"
+    return (
+        f"ISA flags {', '.join(flags) or 'unknown'} (class **{isa_class(flags)}**); OpenVINO CPU capabilities "
+        f"{', '.join(capabilities)}; BF16 variants {bf16}"
+    )
+
+
 def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -351,6 +365,7 @@ def speed_header_lines(
         f"- CPU: {cpu_description()}; 1-minute load average while timing: {load_text} (a shared machine is "
         "slower and noisier than an idle one); torch "
         f"{_version('torch')}, OpenVINO {_version('openvino')}, NNCF {_version('nncf')}",
+        f"- CPU precision: {cpu_precision_description()}",
         f"- Data: `{config.data.class_path}`, categories {', '.join(categories)}; backbone `{config.backbone}` "
         f"({weights_label}); input {config.input_size} px; training {budget_description(config)}, unified setting",
         "- Every variant runs the same graph: pre-processing + model + post-processing (anomalib's exported graph; "
@@ -361,6 +376,9 @@ def speed_header_lines(
         "ms/image = batch time / batch size, img/s = 1000 / (ms/image). With one thread the cells also give "
         "the median process CPU time per image: what an idle core would take (unlike the wall clock it does not "
         "grow while other processes hold the CPU); the speed targets are judged on it",
+        "- Precision: every IR runs in the precision it records (FP32 and INT8: `INFERENCE_PRECISION_HINT=f32`, "
+        'also for the INT8 graphs\' floating-point parts; BF16 and "INT8, BF16 float parts": `bf16`), as '
+        "`deploy_openvino.py` runs it",
         '- OpenVINO FP32: `Engine.export(export_type="openvino")`\'s graph (one ONNX trace); INT8: NNCF '
         "post-training quantization (`INT8_PTQ`) of that graph, calibrated on the normal training images of "
         "every category, `model_type=TRANSFORMER` for models with attention; the head (feature distances, anomaly "

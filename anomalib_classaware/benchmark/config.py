@@ -111,7 +111,8 @@ class BenchmarkConfig:
             profile OpenVINO's layers; writes ``speed.csv``, ``speed_layers.csv`` and ``speed.md``.
         speed_threads: Thread counts of the deployment timings (``0``: all cores).
         speed_variants: Deployment variants: ``torch``, ``openvino_fp32``, ``openvino_int8_ptq`` (network
-            in INT8, head in floating point) and ``openvino_int8_ptq_full`` (whole graph, as anomalib).
+            in INT8, head in floating point), ``openvino_int8_ptq_full`` (whole graph, as anomalib), and on CPUs
+            with BF16 ``openvino_bf16`` and ``openvino_int8_ptq_bf16`` (bfloat16 float parts; skipped elsewhere).
         threads: torch intra-op threads in each run (``None``: torch's default).
         isolate: Run each run in its own worker process (own peak memory, crash isolation).
         run_timeout: Seconds after which an isolated run is stopped and recorded as failed.

@@ -418,11 +418,20 @@ SPEED_CSV = "speed.csv"
 SPEED_LAYERS_CSV = "speed_layers.csv"
 SPEED_MD = "speed.md"
 
-SPEED_VARIANTS: tuple[str, ...] = ("torch", "openvino_fp32", "openvino_int8_ptq", "openvino_int8_ptq_full")
+SPEED_VARIANTS: tuple[str, ...] = (
+    "torch",
+    "openvino_fp32",
+    "openvino_bf16",
+    "openvino_int8_ptq",
+    "openvino_int8_ptq_bf16",
+    "openvino_int8_ptq_full",
+)
 SPEED_TITLES = {
     "torch": "torch eager",
     "openvino_fp32": "OpenVINO FP32",
+    "openvino_bf16": "OpenVINO BF16",
     "openvino_int8_ptq": "OpenVINO INT8",
+    "openvino_int8_ptq_bf16": "OpenVINO INT8, BF16 float parts",
     "openvino_int8_ptq_full": "OpenVINO INT8, whole graph",
 }
 

@@ -25,13 +25,58 @@ import numpy as np
 import torch
 from torch import nn
 
-VARIANTS: tuple[str, ...] = ("torch", "openvino_fp32", "openvino_int8_ptq", "openvino_int8_ptq_full")
+VARIANTS: tuple[str, ...] = (
+    "torch",
+    "openvino_fp32",
+    "openvino_int8_ptq",
+    "openvino_int8_ptq_full",
+    "openvino_bf16",
+    "openvino_int8_ptq_bf16",
+)
 """Deployment variants: torch eager, OpenVINO FP32, OpenVINO INT8 (``INT8_PTQ`` of the network, head in
-floating point) and OpenVINO INT8 of the whole graph (what anomalib's ``INT8_PTQ`` does)."""
+floating point), OpenVINO INT8 of the whole graph (what anomalib's ``INT8_PTQ`` does), and, on CPUs
+with BF16 only, the FP32 graph in bfloat16 and the INT8 graph with bfloat16 floating-point parts."""
 
 DEFAULT_VARIANTS: tuple[str, ...] = VARIANTS[:3]
 
-_EXPORT_NAMES = {"openvino_fp32": "fp32", "openvino_int8_ptq": "int8_ptq", "openvino_int8_ptq_full": "int8_ptq_full"}
+BF16_VARIANTS: frozenset[str] = frozenset({"openvino_bf16", "openvino_int8_ptq_bf16"})
+"""Variants that need a CPU with BF16; :func:`measure_deployment` skips them elsewhere."""
+
+_EXPORT_NAMES = {
+    "openvino_fp32": "fp32",
+    "openvino_int8_ptq": "int8_ptq",
+    "openvino_int8_ptq_full": "int8_ptq_full",
+    "openvino_bf16": "bf16",
+    "openvino_int8_ptq_bf16": "int8_ptq_bf16",
+}
+
+ISA_FLAGS: tuple[str, ...] = ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+"""``/proc/cpuinfo`` flags that decide which precisions are fast: VNNI (INT8 dot products), BF16, AMX."""
+
+
+def cpu_isa_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The :data:`ISA_FLAGS` the CPU has (empty where ``cpuinfo`` cannot be read, e.g. not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.lower().startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [flag for flag in ISA_FLAGS if flag in flags]
+
+
+def isa_class(flags: Sequence[str]) -> str:
+    """The README's speed-table class of a CPU: ``AMX``, ``AVX-512 BF16``, ``VNNI``, ``AVX2`` or ``other``."""
+    if "amx_int8" in flags or "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "VNNI"
+    return "AVX2" if "avx2" in flags else "other"
 
 
 def measure_inference_speed(
@@ -147,17 +192,26 @@ def image_batch(images: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def compile_openvino(xml: str | Path, threads: int, profile: bool = False) -> Any:
-    """Compile an IR for the CPU with ``threads`` inference threads, one stream, latency hint."""
+    """Compile an IR for the CPU: ``threads`` inference threads, one stream, latency hint, the precision it records.
+
+    The precision is the IR's (``f32`` for FP32 and INT8, ``bf16`` for the bf16 variants; see
+    :func:`anomalib_classaware.deploy.inspection.resolve_precision`), as ``deploy_openvino.py`` runs it.
+    """
     import openvino as ov
 
+    from anomalib_classaware.deploy.inspection import resolve_precision
+
+    core = ov.Core()
+    model = core.read_model(str(xml))
     config: dict[str, Any] = {
         "INFERENCE_NUM_THREADS": int(threads),
         "NUM_STREAMS": 1,
         "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": resolve_precision(model),
     }
     if profile:
         config["PERF_COUNT"] = True
-    return ov.Core().compile_model(str(xml), "CPU", config)
+    return core.compile_model(model, "CPU", config)
 
 
 def _timing_row(
@@ -372,11 +426,12 @@ def measure_deployment(
         thread_counts: Thread counts to time (``0``: all cores).
         warmup: Untimed passes per (variant, batch size, threads).
         repeats: Timed passes; the median is reported.
-        variants: Subset of :data:`VARIANTS`.
+        variants: Subset of :data:`VARIANTS`; :data:`BF16_VARIANTS` are skipped on a CPU without BF16.
         calibration_batch_size: Batch size of the calibration loader.
 
     Returns:
-        ``{"timings": [rows], "quality": [rows], "profiles": {variant: [layer rows]}, "export_s": {...}}``.
+        ``{"timings": [rows], "quality": [rows], "profiles": {variant: [layer rows]}, "export_s": {...},
+        "skipped": {variant: reason}}``.
 
     Raises:
         ValueError: on an unknown variant.
@@ -384,12 +439,17 @@ def measure_deployment(
     """
     from torch.utils.data import DataLoader
 
-    from anomalib_classaware.deploy import export_openvino_variants
+    from anomalib_classaware.deploy import cpu_capabilities, export_openvino_variants
 
     unknown = [variant for variant in variants if variant not in VARIANTS]
     if unknown:
         msg = f"Unknown speed variants {unknown}; expected some of {', '.join(VARIANTS)}."
         raise ValueError(msg)
+    skipped: dict[str, str] = {}
+    if BF16_VARIANTS & set(variants) and "BF16" not in (capabilities := cpu_capabilities()):
+        reason = f"this CPU has no BF16 (OpenVINO capabilities: {', '.join(capabilities)})"
+        skipped = {variant: reason for variant in variants if variant in BF16_VARIANTS}
+        variants = [variant for variant in variants if variant not in BF16_VARIANTS]
     model = model.cpu().eval()
     test_batches = list(datamodule.test_dataloader())
     images = torch.cat([batch.image for batch in test_batches])[: max(batch_sizes)]
@@ -432,4 +492,10 @@ def measure_deployment(
         profiles[variant] = layer_profile(xml, images[:1])
     reference = scored.get("torch") or next(iter(scored.values()))
     quality = [quality_row(variant, values, reference) for variant, values in scored.items()]
-    return {"timings": timings, "quality": quality, "profiles": profiles, "export_s": export_seconds}
+    return {
+        "timings": timings,
+        "quality": quality,
+        "profiles": profiles,
+        "export_s": export_seconds,
+        "skipped": skipped,
+    }

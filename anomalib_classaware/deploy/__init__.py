@@ -5,26 +5,35 @@ lacks: one ONNX trace for several precisions, NNCF's transformer preset for atte
 (:func:`export_openvino_variants`, :func:`quantize_openvino`), and the pieces of
 ``examples/deploy_openvino.py`` (:func:`iter_image_paths`, :class:`OpenVINODetector`, :func:`overlay`), and
 anomalib's inferencers that also return the predicted category (:class:`TorchInferencer`,
-:class:`OpenVINOInferencer`).
+:class:`OpenVINOInferencer`), and the inference precision an IR records (:func:`set_inference_precision`,
+:func:`inference_config`).
 Importing this package imports neither torch nor NNCF; OpenVINO loads when a detector is built.
 """
 
 from .categories import read_category_names
 from .inspection import (
     IMAGE_EXTENSIONS,
+    PRECISIONS,
     Detection,
     ImageReadError,
     OpenVINODetector,
+    cpu_capabilities,
+    cpu_supports_bf16,
     heat_map,
+    inference_config,
     iter_image_paths,
     overlay,
     read_rgb,
+    recorded_precision,
+    resolve_precision,
+    set_inference_precision,
 )
 
 _INFERENCER_NAMES = frozenset({"OpenVINOInferencer", "TorchInferencer"})
 _EXPORT_NAMES = frozenset(
     {
         "VARIANTS",
+        "VARIANT_PRECISIONS",
         "export_openvino_variants",
         "has_attention",
         "head_node_names",
@@ -55,18 +64,23 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "PRECISIONS",
     "VARIANTS",
+    "VARIANT_PRECISIONS",
     "Detection",
     "ImageReadError",
     "OpenVINODetector",
     "OpenVINOInferencer",
     "TorchInferencer",
+    "cpu_capabilities",
+    "cpu_supports_bf16",
     "export_openvino_variants",
     "has_attention",
     "head_node_names",
     "heat_map",
     "ignored_head_scope",
     "image_auroc_metric",
+    "inference_config",
     "iter_image_paths",
     "labelled_score_fn",
     "nncf_model_type",
@@ -76,4 +90,7 @@ __all__ = [
     "quantize_openvino",
     "read_category_names",
     "read_rgb",
+    "recorded_precision",
+    "resolve_precision",
+    "set_inference_precision",
 ]

@@ -9,7 +9,6 @@ Importing this module imports neither torch nor OpenVINO.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 RT_INFO_SECTION = "anomalib_classaware"
@@ -33,18 +32,3 @@ def read_category_names(ov_model: Any) -> list[str] | None:
     if not ov_model.has_rt_info([RT_INFO_SECTION, RT_INFO_KEY]):
         return None
     return [str(name) for name in json.loads(ov_model.get_rt_info([RT_INFO_SECTION, RT_INFO_KEY]).astype(str))]
-
-
-def add_category_names_to_ir(path: str | Path, names: list[str] | None) -> None:
-    """Rewrite the IR at ``path`` with ``names`` in its ``rt_info`` (weights unchanged)."""
-    if not names:
-        return
-    import openvino as ov
-
-    path = Path(path)
-    ov_model = ov.Core().read_model(path)
-    set_category_names(ov_model, names)
-    temporary = path.with_name(f".{path.stem}.names.xml")
-    ov.save_model(ov_model, temporary, compress_to_fp16=False)
-    temporary.replace(path)
-    temporary.with_suffix(".bin").replace(path.with_suffix(".bin"))

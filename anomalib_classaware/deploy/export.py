@@ -25,6 +25,7 @@ The exported graph is anomalib's: pre-processing, the torch model and post-proce
 from __future__ import annotations
 
 import ast
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -42,11 +43,29 @@ if TYPE_CHECKING:
     from anomalib.models.components import AnomalibModule
     from torchmetrics import Metric
 
-Variant = Literal["fp32", "fp16", "int8", "int8_ptq", "int8_ptq_full"]
-VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8_ptq", "int8_ptq_full")
+Variant = Literal["fp32", "fp16", "int8", "int8_ptq", "int8_ptq_full", "bf16", "int8_ptq_bf16"]
+VARIANTS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8_ptq", "int8_ptq_full", "bf16", "int8_ptq_bf16")
 """``fp32``: no compression; ``fp16``: FP16 weights; ``int8``: INT8 weights (``nncf.compress_weights``);
 ``int8_ptq``: INT8 weights and activations of the network (``nncf.quantize`` on calibration images),
-head in floating point; ``int8_ptq_full``: the whole graph quantized, as anomalib's ``INT8_PTQ``."""
+head in floating point; ``int8_ptq_full``: the whole graph quantized, as anomalib's ``INT8_PTQ``;
+``bf16``: the FP32 graph, run in bfloat16; ``int8_ptq_bf16``: ``int8_ptq`` with its floating-point parts
+in bfloat16 (both for CPUs with BF16: :func:`~anomalib_classaware.deploy.inspection.cpu_supports_bf16`)."""
+
+VARIANT_PRECISIONS: dict[str, str] = {
+    "fp32": "f32",
+    "fp16": "f32",  # FP16 *weights* (half the file); the arithmetic stays f32 on every CPU, as tested
+    "int8": "f32",
+    "int8_ptq": "f32",
+    "int8_ptq_full": "f32",
+    "bf16": "bf16",
+    "int8_ptq_bf16": "bf16",
+}
+"""Inference precision each variant records in its IR (``rt_info`` ``runtime_options``/``INFERENCE_PRECISION_HINT``).
+
+OpenVINO's CPU plugin otherwise picks ``bf16`` on CPUs with BF16 for any f32 graph, which moves the
+scores by ~1e-2 and flips labels near the threshold."""
+
+logger = logging.getLogger(__name__)
 
 ModelTypeChoice = Literal["auto", "cnn", "transformer"]
 
@@ -248,12 +267,17 @@ def export_openvino_variants(
     Returns:
         ``{variant: path of model.xml}``.
 
+    Each IR records its inference precision (:data:`VARIANT_PRECISIONS`); a ``bf16`` variant written
+    on a CPU without BF16 logs a warning (it is meant for another CPU).
+
     Raises:
         ValueError: on an unknown variant, ``int8_ptq`` without ``calibration``, or an INT8 export of a
             model whose post-processor has not been fitted (:func:`check_post_processor_fitted`).
 
     """
     import openvino as ov
+
+    from anomalib_classaware.deploy.inspection import cpu_capabilities, set_inference_precision
 
     unknown = [variant for variant in variants if variant not in VARIANTS]
     if unknown:
@@ -264,9 +288,19 @@ def export_openvino_variants(
             msg = "int8_ptq needs calibration batches (e.g. a loader over the normal training images)."
             raise ValueError(msg)
         check_post_processor_fitted(model)
+    if any(VARIANT_PRECISIONS[variant] == "bf16" for variant in variants):
+        capabilities = cpu_capabilities()
+        if "BF16" not in capabilities:
+            logger.warning(
+                "Writing bf16 variants on a CPU without BF16 (OpenVINO capabilities: %s): they are meant for a CPU "
+                "with AVX-512 BF16 or AMX; here OpenVINODetector runs them in f32.",
+                ", ".join(capabilities),
+            )
     export_root = Path(export_root)
     paths: dict[str, Path] = {}
-    fp32, head = trace_to_openvino(model, input_size, onnx_kwargs, with_head="int8_ptq" in variants)
+    network_int8 = {"int8_ptq", "int8_ptq_bf16"}
+    fp32, head = trace_to_openvino(model, input_size, onnx_kwargs, with_head=bool(network_int8 & set(variants)))
+    quantized: ov.Model | None = None
     names = model_category_names(model)
     for variant in variants:
         folder = export_root / f"openvino_{variant}"
@@ -275,13 +309,16 @@ def export_openvino_variants(
             import nncf
 
             converted = nncf.compress_weights(fp32.clone())
-        elif variant == "int8_ptq":
-            converted = quantize_network(model, fp32, head, calibration, model_type, subset_size)
+        elif variant in network_int8:
+            if quantized is None:  # int8_ptq and int8_ptq_bf16 share one quantization
+                quantized = quantize_network(model, fp32, head, calibration, model_type, subset_size)
+            converted = quantized.clone()
         elif variant == "int8_ptq_full":
             model_type_value = nncf_model_type(model.model, model_type)
             converted = quantize_openvino(fp32, calibration, model_type_value, subset_size=subset_size)
         else:
-            converted = fp32
+            converted = fp32.clone()
+        set_inference_precision(converted, VARIANT_PRECISIONS[variant])
         set_category_names(converted, names)
         paths[variant] = folder / "model.xml"
         ov.save_model(converted, paths[variant], compress_to_fp16=variant == "fp16")

@@ -11,7 +11,6 @@ work as with anomalib's classes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,10 +45,21 @@ class TorchInferencer(AnomalibTorchInferencer):
 
 
 class OpenVINOInferencer(AnomalibOpenVINOInferencer):
-    """anomalib's ``OpenVINOInferencer`` that keeps ``pred_category`` (see the module docstring)."""
+    """anomalib's ``OpenVINOInferencer`` that keeps ``pred_category`` and runs the IR in the precision it records.
 
-    def __init__(self, path: str | Path, *args: Any, **kwargs: Any) -> None:
-        super().__init__(path, *args, **kwargs)
+    On a CPU device without ``INFERENCE_PRECISION_HINT`` in ``config``, the IR's recorded precision is
+    passed (:func:`~anomalib_classaware.deploy.inspection.inference_config`: ``f32`` for our FP32 and
+    INT8 exports), since OpenVINO's CPU plugin ignores it and would run an f32 graph in bfloat16 on
+    CPUs with BF16.
+    """
+
+    def __init__(self, path: str | Path, device: str = "AUTO", config: dict | None = None) -> None:
+        from .inspection import inference_config
+
+        config = dict(config or {})
+        if device.upper().startswith("CPU") and "INFERENCE_PRECISION_HINT" not in config and str(path).endswith(".xml"):
+            config.update(inference_config(path, device=device))
+        super().__init__(path, device=device, config=config)
         import openvino as ov
 
         self._category_names = read_category_names(ov.Core().read_model(path))

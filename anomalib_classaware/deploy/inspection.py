@@ -10,9 +10,10 @@ working directory.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -25,12 +26,100 @@ from .categories import read_category_names
 if TYPE_CHECKING:
     import openvino as ov
 
+logger = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 )
 """File extensions (lower case) treated as images when a folder is scanned (torchvision's list)."""
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+PRECISION_KEY: tuple[str, str] = ("runtime_options", "INFERENCE_PRECISION_HINT")
+"""Where an IR records the floating-point precision it is meant to run in (``model.get_rt_info``)."""
+
+PRECISIONS: tuple[str, ...] = ("auto", "f32", "bf16")
+"""Inference precisions of :class:`OpenVINODetector`: ``auto`` is the one the IR records, else ``f32``."""
+
+
+def cpu_capabilities(core: ov.Core | None = None) -> list[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of the CPU (e.g. ``FP32``, ``INT8``, ``BF16``)."""
+    import openvino as ov
+
+    return [str(item) for item in (core or ov.Core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def cpu_supports_bf16(core: ov.Core | None = None) -> bool:
+    """Whether the CPU computes in bfloat16 natively (AVX-512 BF16 or AMX: OpenVINO lists ``BF16``)."""
+    return "BF16" in cpu_capabilities(core)
+
+
+def set_inference_precision(model: ov.Model, precision: str) -> ov.Model:
+    """Record ``precision`` (``f32``, ``bf16``) as the IR's runtime option :data:`PRECISION_KEY`; returns ``model``.
+
+    OpenVINO 2026.4's CPU plugin does not apply this option by itself (it applies only the KV-cache
+    ones of ``runtime_options``): :class:`OpenVINODetector`, the speed benchmark and
+    :func:`inference_config` read it and pass it to ``compile_model``.
+    """
+    model.set_rt_info(precision, list(PRECISION_KEY))
+    return model
+
+
+def recorded_precision(model: ov.Model) -> str | None:
+    """The precision the IR records (:func:`set_inference_precision`), ``None`` if it records none."""
+    if not model.has_rt_info(list(PRECISION_KEY)):
+        return None
+    return str(model.get_rt_info(list(PRECISION_KEY)).astype(str))
+
+
+def resolve_precision(
+    model: ov.Model, precision: str = "auto", device: str = "CPU", capabilities: Sequence[str] | None = None
+) -> str:
+    """The ``INFERENCE_PRECISION_HINT`` to compile ``model`` with.
+
+    ``auto``: the precision the IR records, ``f32`` if it records none (OpenVINO's CPU default is
+    ``bf16`` on CPUs with BF16, which moves scores by ~1e-2); a recorded ``bf16`` on a CPU without
+    BF16 falls back to ``f32`` with a warning. ``f32``/``bf16``: as asked.
+
+    Raises:
+        ValueError: on an unknown precision, or ``bf16`` asked for a CPU without BF16.
+
+    """
+    if precision not in PRECISIONS:
+        msg = f"Unknown inference precision {precision!r}; expected one of {', '.join(PRECISIONS)}."
+        raise ValueError(msg)
+    on_cpu = device.upper().startswith("CPU")
+    if on_cpu and capabilities is None:
+        capabilities = cpu_capabilities()
+    has_bf16 = not on_cpu or "BF16" in (capabilities or ())
+    if precision == "auto":
+        recorded = recorded_precision(model) or "f32"
+        if recorded == "bf16" and not has_bf16:
+            logger.warning(
+                "The IR records bf16, but this CPU has no BF16 (OpenVINO capabilities: %s): running it in f32.",
+                ", ".join(capabilities or ()),
+            )
+            return "f32"
+        return recorded
+    if precision == "bf16" and not has_bf16:
+        msg = (
+            f"bf16 inference needs a CPU with BF16 (AVX-512 BF16 or AMX: Intel Cooper Lake, Sapphire Rapids and "
+            f"later, AMD Zen 4 and later); OpenVINO lists this CPU's capabilities as {', '.join(capabilities or ())}. "
+            "Use f32 here."
+        )
+        raise ValueError(msg)
+    return precision
+
+
+def inference_config(model_path: str | Path, precision: str = "auto", device: str = "CPU") -> dict[str, str]:
+    """``compile_model`` config that runs an IR in the precision it records, e.g. for anomalib's ``OpenVINOInferencer``.
+
+    ``OpenVINOInferencer(path, config=inference_config(path))``; see :func:`resolve_precision`.
+    """
+    import openvino as ov
+
+    model = ov.Core().read_model(str(model_path))
+    return {"INFERENCE_PRECISION_HINT": resolve_precision(model, precision, device)}
 
 
 class ImageReadError(OSError):
@@ -109,10 +198,13 @@ class OpenVINODetector:
         model_path: ``model.xml`` (with ``model.bin`` beside it) or ``model.onnx``.
         device: OpenVINO device. Defaults to ``"CPU"``.
         threads: CPU inference threads (``None``: OpenVINO's default, all cores).
-        config: Further OpenVINO properties.
+        config: Further OpenVINO properties (they win over ``precision``).
+        precision: Floating-point precision (:data:`PRECISIONS`, :func:`resolve_precision`): ``auto``
+            runs the precision the IR records (``f32`` for the package's FP32 and INT8 exports).
 
     Raises:
         FileNotFoundError: if the model file (or the ``.bin`` of an ``.xml``) does not exist.
+        ValueError: for ``precision="bf16"`` on a CPU without BF16, or an unknown precision.
 
     """
 
@@ -122,6 +214,7 @@ class OpenVINODetector:
         device: str = "CPU",
         threads: int | None = None,
         config: dict[str, Any] | None = None,
+        precision: str = "auto",
     ) -> None:
         import openvino as ov
 
@@ -132,13 +225,19 @@ class OpenVINODetector:
         if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
             msg = f"Model weights not found: {path.with_suffix('.bin')} (it must sit beside {path.name})."
             raise FileNotFoundError(msg)
-        properties: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", **(config or {})}
-        if threads:
-            properties["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
         model = core.read_model(str(path))
+        properties: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": resolve_precision(model, precision, device),
+            **(config or {}),
+        }
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = int(threads)
         self.category_names: list[str] | None = read_category_names(model)
         self.compiled: ov.CompiledModel = core.compile_model(model, device, properties)
+        self.precision: str = compiled_precision(self.compiled)
+        """The floating-point precision OpenVINO compiled the model for (``f32``, ``bf16``)."""
         self.request = self.compiled.create_infer_request()
         shape = self.compiled.input(0).get_partial_shape()
         self.input_size: tuple[int, int] | None = (
@@ -168,6 +267,12 @@ class OpenVINODetector:
             names = self.category_names
             category = names[category_id] if names and 0 <= category_id < len(names) else str(category_id)
         return Detection(score, label, anomaly_map, pred_mask, latency_ms, category_id, category)
+
+
+def compiled_precision(compiled: ov.CompiledModel) -> str:
+    """A compiled model's ``INFERENCE_PRECISION_HINT`` as OpenVINO's short type name (``f32``, ``bf16``, ``f16``)."""
+    value = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return value.to_string() if hasattr(value, "to_string") else str(value)
 
 
 def _plane(value: np.ndarray) -> np.ndarray:

@@ -72,6 +72,29 @@ def test_quality_row_leaves_threshold_ties_out_of_the_label_agreement() -> None:
     assert math.isnan(speed.quality_row("x", constant, reference)["score_pearson"])
 
 
+def test_cpu_isa_flags_and_class(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu sse avx2 avx512f avx512_vnni avx512bw\n")
+    assert speed.cpu_isa_flags(cpuinfo) == ["avx2", "avx512f", "avx512_vnni"]
+    assert speed.cpu_isa_flags(tmp_path / "missing") == []
+    assert speed.isa_class(["avx2"]) == "AVX2"
+    assert speed.isa_class(["avx2", "avx512f", "avx512_vnni"]) == "VNNI"
+    assert speed.isa_class(["avx2", "avx_vnni"]) == "VNNI"
+    assert speed.isa_class(["avx2", "avx512_vnni", "avx512_bf16"]) == "AVX-512 BF16"
+    assert speed.isa_class(["avx512_bf16", "amx_int8"]) == "AMX"
+    assert speed.isa_class([]) == "other"
+
+
+def test_speed_header_names_the_cpu_flags() -> None:
+    from anomalib_classaware.benchmark.cli import cpu_precision_description
+    from anomalib_classaware.deploy import cpu_capabilities
+
+    text = cpu_precision_description()
+    assert text.startswith(f"ISA flags {', '.join(speed.cpu_isa_flags()) or 'unknown'} (class **")
+    assert f"OpenVINO CPU capabilities {', '.join(cpu_capabilities())}" in text
+    assert ("BF16 variants measured" in text) == ("BF16" in cpu_capabilities())
+
+
 def test_low_precision_share() -> None:
     profile = [
         {"layer_type": "Convolution", "ms": 6.0, "int8_ms": 4.0},
@@ -267,8 +290,20 @@ def test_measure_deployment_times_and_scores_eager_and_openvino(tmp_path: Path, 
         thread_counts=(1,),
         warmup=0,
         repeats=1,
-        variants=("torch", "openvino_fp32"),
+        variants=("torch", "openvino_fp32", "openvino_bf16"),
     )
+    import openvino as ov
+
+    from anomalib_classaware.deploy import cpu_capabilities, cpu_supports_bf16, recorded_precision
+
+    assert recorded_precision(ov.Core().read_model(tmp_path / "deploy" / "openvino_fp32" / "model.xml")) == "f32"
+    if cpu_supports_bf16():
+        assert result["skipped"] == {}
+        assert {row["variant"] for row in result["timings"]} == {"torch", "openvino_fp32", "openvino_bf16"}
+        return
+    assert set(result["skipped"]) == {"openvino_bf16"}
+    capabilities = ", ".join(cpu_capabilities())
+    assert result["skipped"]["openvino_bf16"] == f"this CPU has no BF16 (OpenVINO capabilities: {capabilities})"
     timings = {(row["variant"], row["batch_size"]) for row in result["timings"]}
     assert timings == {(v, b) for v in ("torch", "openvino_fp32") for b in (1, 2)}
     assert all(row["ms_per_image"] > 0 and row["cpu_ms_per_image"] > 0 for row in result["timings"])

@@ -228,10 +228,16 @@ def run_torch_inferencer(path: Path, paths: list[Path]) -> Predictions:
 
 
 def run_openvino_inferencer(path: Path, paths: list[Path], workdir: Path) -> Predictions:
+    """Our ``OpenVINOInferencer`` (anomalib's plus ``pred_category``) as a user builds it: no precision config.
+
+    It passes the precision the IR records (f32), which OpenVINO's CPU plugin ignores by itself
+    (tests/deploy/test_precision.py); anomalib's own inferencer needs ``config=inference_config(path)``.
+    """
     from anomalib_classaware.deploy import OpenVINOInferencer
 
     with working_directory(workdir):
         inferencer = OpenVINOInferencer(path, device="CPU", config={"INFERENCE_NUM_THREADS": 1})
+        assert inferencer.config["INFERENCE_PRECISION_HINT"] == "f32"
         return Predictions.stack([_outputs(inferencer.predict(p)) for p in paths])
 
 

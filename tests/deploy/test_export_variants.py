@@ -29,8 +29,9 @@ from deploy_helpers import (
 from torch import nn
 from torch.utils.data import DataLoader
 
-from anomalib_classaware.deploy import heat_map
+from anomalib_classaware.deploy import OpenVINODetector, cpu_supports_bf16, heat_map, read_rgb, recorded_precision
 from anomalib_classaware.deploy.export import (
+    VARIANT_PRECISIONS,
     check_post_processor_fitted,
     export_openvino_variants,
     has_attention,
@@ -85,6 +86,45 @@ def test_heat_map_uses_anomalib_colours() -> None:
     anomalib = np.asarray(visualize_anomaly_map(np.round(255 * values).astype(np.uint8)), dtype=np.int16)
     assert np.abs(ours - anomalib).max() <= 1  # the same "jet" palette (rounding aside)
     assert tuple(ours[0, 0]) == (0, 0, 143) and tuple(ours[-1, -1]) == (127, 0, 0)
+
+
+def _detector_scores(xml: Path, paths: list[Path], precision: str = "auto") -> tuple[np.ndarray, str]:
+    detector = OpenVINODetector(xml, threads=1, precision=precision)
+    return np.array([detector.predict(read_rgb(path)).score for path in paths]), detector.precision
+
+
+PRECISION_MODEL = "MintAd"
+"""The model whose FP32/FP16/INT8/BF16 variants' recorded precisions are checked (the fastest export)."""
+
+
+@pytest.mark.slow  # ~35 s on 2 shared cores; CI checks the FP32 IRs' precision in test_parity and test_speed
+def test_variants_record_their_inference_precision(
+    deployments: Deployments, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FP32, FP16 and INT8 weights record f32; bf16 records bf16 and warns where the CPU has no BF16."""
+    import logging
+
+    import openvino as ov
+
+    deployment = deployments.get(PRECISION_MODEL, SIZE)
+    model = type(tiny_model(PRECISION_MODEL, SIZE)).load_from_checkpoint(deployment.checkpoint)
+    with caplog.at_level(logging.WARNING):
+        exports = export_openvino_variants(model, tmp_path, (SIZE, SIZE), ("fp32", "fp16", "int8", "bf16"))
+    recorded = {variant: recorded_precision(ov.Core().read_model(xml)) for variant, xml in exports.items()}
+    assert recorded == {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
+    assert recorded == {variant: VARIANT_PRECISIONS[variant] for variant in exports}
+    sizes = {variant: xml.with_suffix(".bin").stat().st_size for variant, xml in exports.items()}
+    assert sizes["fp16"] < 0.6 * sizes["fp32"]  # FP16 weights: the precision option does not undo the compression
+    fp32, fp32_precision = _detector_scores(exports["fp32"], deployment.paths)
+    assert fp32_precision == "f32"
+    np.testing.assert_allclose(fp32, deployment.openvino_predictions.score, atol=SCORE_TOLERANCE)
+    bf16, bf16_precision = _detector_scores(exports["bf16"], deployment.paths)
+    if cpu_supports_bf16():
+        assert bf16_precision == "bf16"
+    else:
+        assert "Writing bf16 variants on a CPU without BF16" in caplog.text
+        assert bf16_precision == "f32"  # the detector falls back, with a warning
+        np.testing.assert_allclose(bf16, fp32, atol=SCORE_TOLERANCE)
 
 
 # ---------------------------------------------------------------- slow: every model, every compression
@@ -186,6 +226,7 @@ def test_engine_export_compressions(deployments: Deployments, name: str, tmp_pat
         )
         model = ov.Core().read_model(xml)
         assert {next(iter(port.get_names())) for port in model.outputs} == set(OUTPUTS)
+        assert recorded_precision(model) == "f32", compression  # FP16/INT8 weights, f32 arithmetic
         predictions = run_openvino_inferencer(xml, deployment.paths, tmp_path)
         assert np.isfinite(predictions.score).all()
         results[compression.value] = agreement(deployment.checkpoint_predictions, predictions)
@@ -193,6 +234,28 @@ def test_engine_export_compressions(deployments: Deployments, name: str, tmp_pat
     assert results["fp16"]["max_score_diff"] <= 1e-2  # FP16 weights, FP32 arithmetic on the CPU
     assert results["fp16"]["label_agreement"] == 1.0
     assert results["int8"]["pearson"] > 0.99  # INT8 weights only
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="bf16 agreement is measured on CPUs with BF16 only")
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_bf16_variants_agree_with_the_checkpoint(deployments: Deployments, name: str, tmp_path: Path) -> None:
+    """The FP32 graph in bf16, and the INT8 graph with bf16 float parts, on 40 fresh images (CPUs with BF16)."""
+    deployment = deployments.get(name, SIZE)
+    model = type(tiny_model(name, SIZE)).load_from_checkpoint(deployment.checkpoint)
+    paths = fresh_images(tmp_path, SIZE, good=10, defective=10)
+    expected = predict_with_engine(name, SIZE, tmp_path, deployment.checkpoint, paths)
+    exports = export_openvino_variants(
+        model, tmp_path / "bf16", (SIZE, SIZE), ("bf16", "int8_ptq_bf16"), _calibration(deployment.datamodule)
+    )
+    results = {}
+    for variant, xml in exports.items():
+        predictions = run_openvino_inferencer(xml, paths, tmp_path)  # inference_config: the recorded bf16
+        results[variant] = agreement(expected, predictions)
+    print(f"{name} BF16 vs checkpoint on {len(paths)} fresh images: {results}")
+    assert results["bf16"]["pearson"] > 0.99
+    assert results["bf16"]["label_agreement"] >= 0.9
+    assert results["int8_ptq_bf16"]["pearson"] > 0.8  # as the INT8 bound (tiny two-step models)
 
 
 @pytest.mark.slow

@@ -99,3 +99,19 @@ def test_exports_name_the_predicted_categories(deployments: Deployments, name: s
     os.environ.setdefault("TRUST_REMOTE_CODE", "1")
     assert TorchInferencer(deployment.torch_path, device="cpu").category_names == expected
     assert set(deployment.checkpoint_predictions.category.tolist()) <= set(range(len(expected)))
+
+
+@pytest.mark.parametrize(("name", "size"), CASES)
+def test_openvino_fp32_ir_records_and_runs_f32(deployments: Deployments, name: str, size: int) -> None:
+    """``Engine.export``'s FP32 IR records f32; the line script and ``inference_config`` compile it in f32."""
+    import openvino as ov
+
+    from anomalib_classaware.deploy import OpenVINODetector, inference_config, recorded_precision
+    from anomalib_classaware.deploy.inspection import compiled_precision
+
+    path = deployments.get(name, size).openvino_path
+    assert recorded_precision(ov.Core().read_model(path)) == "f32"
+    assert inference_config(path) == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert OpenVINODetector(path, threads=1).precision == "f32"
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1, **inference_config(path)})
+    assert compiled_precision(compiled) == "f32"

@@ -74,7 +74,8 @@ def test_tiny_run_reports_every_category_and_matches_openvino(
 
     printed = capsys.readouterr().out
     assert "one model for 2 categories" in printed
-    assert f"OpenVINO vs torch on {result.test_images} test images" in printed
+    assert result.inference_precision == "f32"  # also on CPUs with BF16, whose OpenVINO default is bf16
+    assert f"OpenVINO (f32) vs torch on {result.test_images} test images" in printed
     assert "examples/deploy_openvino.py" in printed and str(result.openvino_paths["fp32"]) in printed
     assert "normal flagged" in printed and "defective caught" in printed
 

@@ -15,7 +15,12 @@ always measures on the test images). The metric is the one given (``Engine.expor
 default to anomalib's image F1 of the labels; a direct ``to_openvino`` call without one uses image
 AUROC). With ``val_split_mode="same_as_test"`` (the default of MVTec-style datamodules) the
 validation images *are* the test images: a warning says so. FP16 and INT8 (weights) are anomalib's.
-Every IR records the names of the ``pred_category`` ids in its ``rt_info``
+
+Every OpenVINO export of our models records ``f32`` as its inference precision (``rt_info``
+``runtime_options``/``INFERENCE_PRECISION_HINT``; FP16 compresses the weights only): OpenVINO's CPU
+plugin would otherwise run the f32 graph in bfloat16 on CPUs with BF16, and the scores would leave
+the checkpoint's by ~1e-2. See :func:`anomalib_classaware.deploy.inspection.set_inference_precision`.
+Every IR also records the names of the ``pred_category`` ids in its ``rt_info``
 (:mod:`anomalib_classaware.deploy.categories`).
 """
 
@@ -23,13 +28,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
 from anomalib.data.utils import ValSplitMode
 from anomalib.deploy.export import CompressionType, ExportType
 from torch.utils.data import DataLoader
 
-from anomalib_classaware.deploy.categories import add_category_names_to_ir, model_category_names, set_category_names
+from anomalib_classaware.deploy.categories import model_category_names, set_category_names
 
 if TYPE_CHECKING:
     from anomalib.data import AnomalibDataModule
@@ -105,25 +111,36 @@ class NetworkInt8ExportMixin:
     ) -> Path:
         """Export to OpenVINO IR; ``INT8_PTQ`` and ``INT8_ACQ`` quantize the network only (module docstring).
 
+        The IR records ``f32`` as its inference precision, whatever the compression.
+
         Raises:
             ValueError: for ``INT8_PTQ``/``INT8_ACQ`` without a datamodule, with an unfitted post-processor,
                 or ``INT8_ACQ`` without normal and anomalous validation images.
 
         """
         if compression_type not in {CompressionType.INT8_PTQ, CompressionType.INT8_ACQ}:
-            path = super().to_openvino(  # type: ignore[misc]
-                export_root,
-                model_file_name,
-                input_size,
-                compression_type,
-                datamodule,
-                metric,
-                task,
-                max_drop,
-                ov_kwargs,
-                onnx_kwargs,
-            )
-            add_category_names_to_ir(path, model_category_names(self))
+            import openvino as ov
+            from anomalib.models.components.base.export_mixin.utils import create_export_root
+
+            from anomalib_classaware.deploy.inspection import set_inference_precision
+
+            with TemporaryDirectory() as folder:  # anomalib's export, then the precision added
+                written = super().to_openvino(  # type: ignore[misc]
+                    folder,
+                    model_file_name,
+                    input_size,
+                    compression_type,
+                    datamodule,
+                    metric,
+                    task,
+                    max_drop,
+                    ov_kwargs,
+                    onnx_kwargs,
+                )
+                model = set_inference_precision(ov.Core().read_model(written), "f32")
+                set_category_names(model, model_category_names(self))
+                path = create_export_root(export_root, ExportType.OPENVINO) / Path(written).name
+                ov.save_model(model, path, compress_to_fp16=False)  # FP16 weights stay FP16
             return path
         name = CompressionType(compression_type).name
         if compression_type == CompressionType.INT8_ACQ:
@@ -145,6 +162,7 @@ class NetworkInt8ExportMixin:
             quantize_network_with_accuracy_control,
             trace_to_openvino,
         )
+        from anomalib_classaware.deploy.inspection import set_inference_precision
 
         calibration = normal_training_images(datamodule, name)
         validation = labelled_validation_images(datamodule) if compression_type == CompressionType.INT8_ACQ else None
@@ -174,5 +192,5 @@ class NetworkInt8ExportMixin:
         )
         set_category_names(quantized, model_category_names(self))
         path = create_export_root(export_root, ExportType.OPENVINO) / f"{model_file_name}.xml"
-        ov.save_model(quantized, path, compress_to_fp16=False)
+        ov.save_model(set_inference_precision(quantized, "f32"), path, compress_to_fp16=False)
         return path
