@@ -49,6 +49,7 @@ from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, distributed
 
+from anomalib_classaware._buffers import ResizableBuffersMixin
 from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class _CategoryFit:
             self.pixel_f1.update(anomaly_map.reshape(-1), mask.reshape(-1).long())
 
 
-class PerCategoryPostProcessor(PostProcessor):
+class PerCategoryPostProcessor(ResizableBuffersMixin, PostProcessor):
     """anomalib's post-processor with one threshold and one min-max per (predicted) category.
 
     Args:
@@ -145,6 +146,7 @@ class PerCategoryPostProcessor(PostProcessor):
     image_maxs: Tensor
     pixel_mins: Tensor
     pixel_maxs: Tensor
+    resizable_buffers = _BUFFERS
 
     def __init__(
         self,
@@ -205,27 +207,6 @@ class PerCategoryPostProcessor(PostProcessor):
         for name in ("_image_threshold", "_pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
             getattr(new, name).copy_(getattr(post_processor, name))
         return new.to(post_processor._image_threshold.device)
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        # The per-category buffers are sized by the data: take the checkpoint's size.
-        for name in _BUFFERS:
-            key = prefix + name
-            if key in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
-            elif self.persist_categories:  # an older checkpoint: pooled values only
-                state_dict[key] = torch.empty(0)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     # Fitting on validation batches ------------------------------------------------------------
 

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
+
+from anomalib_classaware._buffers import ResizableBuffersMixin
 
 from .contrastive import gather_no_grad
 from .pseudo_labels import pooled_descriptor
@@ -29,7 +31,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_KEY = "predicted_category_names"
 
 
-class CategoryPrototypes(nn.Module):
+class CategoryPrototypes(ResizableBuffersMixin):
     """``(B,)`` category id of each descriptor: the prototype of highest cosine similarity.
 
     Before :meth:`fit` (or with one category) every image is category 0, so a one-category model
@@ -37,6 +39,7 @@ class CategoryPrototypes(nn.Module):
     """
 
     prototypes: Tensor
+    resizable_buffers = ("prototypes",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,25 +80,6 @@ class CategoryPrototypes(nn.Module):
     def predict(self, features: Sequence[Tensor]) -> Tensor:
         """``(B,)`` category of the images whose frozen multi-level features are ``features``."""
         return self(pooled_descriptor(features))
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        key = prefix + "prototypes"
-        if key in state_dict:
-            self.prototypes = torch.empty_like(state_dict[key], device=self.prototypes.device)
-        else:  # a checkpoint from before the head: one category until refitted
-            state_dict[key] = torch.empty(0)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
 
 class CategoryPrototypesMixin:
