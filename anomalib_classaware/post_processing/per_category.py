@@ -48,6 +48,7 @@ from anomalib.metrics.threshold.f1_adaptive_threshold import _F1AdaptiveThreshol
 from anomalib.post_processing import PostProcessor
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, distributed
+from torchmetrics import Metric
 
 from anomalib_classaware._buffers import ResizableBuffersMixin
 from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
@@ -80,6 +81,13 @@ def _gather_objects(values: list[Any]) -> list[Any]:
     return [value for part in gathered for value in (part or [])]
 
 
+def _compute(metric: Metric) -> Any:
+    """``metric.compute()`` (synchronised under DDP), also on a process whose share had no sample of it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+        return metric.compute()
+
+
 class _CategoryFit:
     """The validation statistics of one category (not a module: nothing of it enters a checkpoint)."""
 
@@ -93,13 +101,30 @@ class _CategoryFit:
         self.labels: list[int] = []
         self.has_pixels = False
         self.seen = 0
+        self.pixels_seen = 0
         # Every category gets one (empty) update, so DDP sync sees the same states on every process.
         self.image_f1.update(torch.empty(0), torch.empty(0, dtype=torch.long))
+        self.pixel_f1.update(torch.empty(0), torch.empty(0, dtype=torch.long))
+
+    def counts(self) -> tuple[int, int, bool]:
+        """``(images seen, maps seen, any map with a mask)`` summed over the DDP processes.
+
+        Under DDP each process sees other images (and predicts other categories), so whether a
+        metric's ``compute`` (a collective) runs must depend on these totals, never on local state:
+        a process skipping a collective that another one enters hangs both.
+        """
+        gathered = _gather_objects([(self.seen, self.pixels_seen, self.has_pixels)])
+        return (
+            sum(part[0] for part in gathered),
+            sum(part[1] for part in gathered),
+            any(part[2] for part in gathered),
+        )
 
     def update(self, score: Tensor, label: Tensor | None, anomaly_map: Tensor | None, mask: Tensor | None) -> None:
         self.seen += score.numel()
         self.image_min_max.update(score)
         if anomaly_map is not None:
+            self.pixels_seen += anomaly_map.shape[0]
             self.pixel_min_max.update(anomaly_map)
         if label is None:
             return
@@ -244,10 +269,13 @@ class PerCategoryPostProcessor(ResizableBuffersMixin, PostProcessor):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute the pooled values (anomalib's), then one set of values per category."""
         super().on_validation_epoch_end(trainer, pl_module)
-        if not any(fit.seen for fit in self._fits.values()):
+        # Totals over the DDP processes, so every process takes the same branches (collectives below).
+        local = (sum(fit.seen for fit in self._fits.values()), max(self._fits, default=0))
+        totals = _gather_objects([local])
+        if not sum(seen for seen, _ in totals):
             return
         names = _category_names(pl_module)
-        count = max(self.num_categories or 0, len(names or []), max(self._fits) + 1)
+        count = max(self.num_categories or 0, len(names or []), max(largest for _, largest in totals) + 1)
         values = {name: torch.full((count,), math.nan) for name in _BUFFERS}
         for category in range(count):
             fit = self._fits.get(category) or _CategoryFit()
@@ -281,20 +309,21 @@ class PerCategoryPostProcessor(ResizableBuffersMixin, PostProcessor):
         normal_scores = torch.cat([torch.empty(0), *_gather_objects(fit.normal_scores)])
         normal_pixels = torch.cat([torch.empty(0), *_gather_objects(fit.normal_pixels)])
         values = dict(pooled)
-        if fit.image_min_max.update_called:
-            image_min, image_max = fit.image_min_max.compute()
+        images_seen, maps_seen, has_pixels = fit.counts()
+        if images_seen:
+            image_min, image_max = _compute(fit.image_min_max)
             if torch.isfinite(image_min) and torch.isfinite(image_max):
                 values["image_mins"], values["image_maxs"] = image_min, image_max
-        if fit.pixel_min_max.update_called:
-            pixel_min, pixel_max = fit.pixel_min_max.compute()
+        if maps_seen:
+            pixel_min, pixel_max = _compute(fit.pixel_min_max)
             if torch.isfinite(pixel_min) and torch.isfinite(pixel_max):
                 values["pixel_mins"], values["pixel_maxs"] = pixel_min, pixel_max
         if not self.enable_thresholding:
             return values
         has_normal = normal_scores.numel() > 0
         if self.threshold_method == "f1" and labels == {0, 1}:
-            values["image_thresholds"] = fit.image_f1.compute()
-            values["pixel_thresholds"] = fit.pixel_f1.compute() if fit.has_pixels else values["image_thresholds"]
+            values["image_thresholds"] = _compute(fit.image_f1)
+            values["pixel_thresholds"] = _compute(fit.pixel_f1) if has_pixels else values["image_thresholds"]
             return values
         if has_normal:
             values["image_thresholds"] = torch.quantile(normal_scores.double(), self.normal_quantile).float()
