@@ -59,7 +59,10 @@ def test_smoke_profile_writes_csv_markdown_and_png(smoke_output: Path) -> None:
     for row in rows:
         assert row["category"] in SMOKE_CATEGORIES
         for metric in METRICS:
-            assert 0.0 <= float(row[metric]) <= 1.0
+            assert 0.0 <= float(row[metric]) <= 1.0, (metric, row[metric])
+        # 2 normal x 2 defective test images per category: a count of ordered pairs (ties half) over 4
+        auroc = float(row["image_AUROC"])
+        assert auroc * 8 == pytest.approx(round(auroc * 8)), auroc
         assert float(row["train_images_per_s"]) > 0
         assert float(row["infer_bs1_images_per_s"]) > 0
         assert float(row["infer_bs8_images_per_s"]) > 0

@@ -50,9 +50,14 @@ def test_tiny_run_reports_every_category_and_matches_openvino(
         torch.set_num_threads(threads)
 
     assert list(result.results) == [*CATEGORIES, "mean"]
-    for row in result.results.values():
-        assert 0.0 <= row["image_AUROC"] <= 1.0
-        assert 0.0 <= row["pixel_AUROC"] <= 1.0
+    for category in CATEGORIES:
+        # 2 normal x 2 defective test images: the AUROC is a count of ordered pairs (ties half) over 4
+        auroc = result.results[category]["image_AUROC"]
+        assert 0.0 <= auroc <= 1.0 and auroc * 8 == pytest.approx(round(auroc * 8)), auroc
+        assert 0.0 < result.results[category]["pixel_AUROC"] < 1.0
+    for metric in ("image_AUROC", "pixel_AUROC"):  # the mean row is the mean of the category rows
+        mean = sum(result.results[category][metric] for category in CATEGORIES) / len(CATEGORIES)
+        assert result.results["mean"][metric] == pytest.approx(mean)
     with result.metrics_csv.open(newline="") as handle:
         assert [row["category"] for row in csv.DictReader(handle)] == [*CATEGORIES, "mean"]
     assert result.test_images == len(CATEGORIES) * (2 + 2)

@@ -182,11 +182,13 @@ def test_pseudo_labels_are_fitted_once_and_reported(pseudo_fit) -> None:
     model, engine, _, records = pseudo_fit
     assert engine.trainer.global_step == 3
     assert model.pseudo_labeler.centroids.shape[0] == 2
-    assert -1.0 <= model.pseudo_label_ari <= 1.0
+    # brick and coins differ in colour statistics even through random weights: the clusters agree with
+    # the dataset's categories far better than chance (ARI 0; measured 0.665 with this seed)
+    assert model.pseudo_label_ari > 0.3
     messages = [message for message in records if "pseudo-classes by k-means" in message]
     assert len(messages) == 1
     assert "on 12 training images" in messages[0]
-    assert "adjusted Rand index" in messages[0]
+    assert f"adjusted Rand index vs the dataset's categories: {model.pseudo_label_ari:.3f}" in messages[0]
     assert model.category_names == CATEGORIES
 
 
@@ -302,3 +304,21 @@ def test_global_embedding_comes_from_the_clean_projected_features() -> None:
     seen.clear()
     model.model(images, clean_embedding=False)  # no loss uses the embedding: no extra bottleneck pass
     assert len(seen) == 1
+
+
+def test_default_noise_probability_noises_about_half_of_the_training_batches() -> None:
+    """At the default ``noise_probability`` (0.5) the draw is per batch: some batches clean, some noised."""
+    model = small_model()
+    assert model.model.noise_probability == 0.5
+    model.model.train()
+    images = torch.randn(2, 3, 32, 32)
+    clean = model.model.project(model.model.teacher_features(images))[0]
+    seen: list[torch.Tensor] = []
+    model.model.bottleneck.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0][0].clone()))
+    torch.manual_seed(0)
+    noised = 0
+    for _ in range(40):
+        seen.clear()
+        model.model(images, clean_embedding=False)
+        noised += int(not torch.allclose(seen[0], clean))
+    assert 10 <= noised <= 30, noised  # Binomial(40, 0.5): outside [10, 30] has probability < 0.2 %
