@@ -78,7 +78,7 @@ def has_attention(module: nn.Module) -> bool:
 
     An attention block is a :class:`torch.nn.MultiheadAttention`, a transformer layer of
     ``torch.nn`` or any module whose class name ends with ``Attention`` (e.g. the package's
-    :class:`~anomalib_classaware.models.components.attention.MaskedAttention`).
+    :class:`~anomalib_classaware.models.components.networks.attention.MaskedAttention`).
     """
     attention_types = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
     return any(

@@ -2,7 +2,7 @@
 
 ``L = L_rec + l1 * L_global + l2 * L_local``: ``L_rec`` is Reverse Distillation's pixel cosine loss
 summed over levels (teacher features detached); the contrastive terms come from the shared
-:class:`~anomalib_classaware.models.components.contrastive.ClassAwareContrastiveLoss`.
+:class:`~anomalib_classaware.models.components.training.contrastive_losses.ClassAwareContrastiveLoss`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from typing import NamedTuple
 from torch import Tensor, nn
 
 from anomalib_classaware.models.components import pixel_cosine_loss
-from anomalib_classaware.models.components.contrastive import ClassAwareContrastiveLoss, LocalNegatives, ViewEncoding
+from anomalib_classaware.models.components.training.contrastive_losses import (
+    ClassAwareContrastiveLoss,
+    LocalNegatives,
+    ViewEncoding,
+)
 
 from .torch_model import ClassAwareReconOutput
 

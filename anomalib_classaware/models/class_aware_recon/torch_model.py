@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
+from anomalib_classaware.models.class_aware_recon.projection import ProjectionLayer
 from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
     build_reverse_distillation_student,
@@ -29,10 +30,9 @@ from anomalib_classaware.models.components import (
     get_feature_info,
     position_noise,
 )
-from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
-from anomalib_classaware.models.components.category_head import CategoryPrototypes
-from anomalib_classaware.models.components.contrastive import ViewEncoding
-from anomalib_classaware.models.components.projection import ProjectionLayer
+from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
+from anomalib_classaware.models.components.training.contrastive_losses import ViewEncoding
 
 
 class ClassAwareReconOutput(NamedTuple):

@@ -55,13 +55,13 @@ from anomalib_classaware.models.components import (
     neighbourhood_mask,
     sincos_positions,
 )
-from anomalib_classaware.models.components.anomaly_map import ScoreReduction
-from anomalib_classaware.models.components.standardizer import RunningStandardizer
-from anomalib_classaware.models.components.transformer import (
+from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.networks.transformer import (
     LayerwiseQueryDecoderLayer,
     NeighbourMaskedEncoderLayer,
     check_attention_mask,
 )
+from anomalib_classaware.models.mint_ad.standardizer import RunningStandardizer
 
 from .anomaly_map import L2AnomalyMapGenerator
 

@@ -33,9 +33,9 @@ from anomalib_classaware.models.components import (
     frozen_batchnorm_statistics,
     get_feature_info,
 )
-from anomalib_classaware.models.components.anomaly_map import ScoreReduction
-from anomalib_classaware.models.components.category_head import CategoryPrototypes
-from anomalib_classaware.models.components.contrastive import ViewEncoding
+from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
+from anomalib_classaware.models.components.training.contrastive_losses import ViewEncoding
 
 
 class ReContrastOutput(NamedTuple):

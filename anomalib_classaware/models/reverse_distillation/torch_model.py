@@ -24,7 +24,7 @@ from anomalib_classaware.models.components import (
     create_feature_extractor,
     get_feature_info,
 )
-from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
 
 
 class ReverseDistillationModel(nn.Module):

@@ -47,9 +47,9 @@ from anomalib_classaware.models.components import (
     neighbourhood_mask,
     sincos_positions,
 )
-from anomalib_classaware.models.components.anomaly_map import ScoreReduction
-from anomalib_classaware.models.components.attention import MaskedAttention
-from anomalib_classaware.models.components.category_head import CategoryPrototypes
+from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.networks.attention import MaskedAttention
+from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
 
 
 class RlrOutput(NamedTuple):
