@@ -77,9 +77,7 @@ class ClassAwareReconModel(nn.Module):
         blur_sigma: float = 4.0,
     ) -> None:
         super().__init__()
-        self.teacher = create_feature_extractor(backbone, layers, pre_trained, weights_path)
-        for parameter in self.teacher.parameters():
-            parameter.requires_grad_(False)
+        self.teacher = create_feature_extractor(backbone, layers, pre_trained, weights_path).requires_grad_(False)
         channels, reductions = get_feature_info(self.teacher)
         self.projections = nn.ModuleList(ProjectionLayer(channel) for channel in channels)
         self.bottleneck, self.decoder = build_reverse_distillation_student(channels, reductions)

@@ -256,9 +256,7 @@ class MintAdModel(nn.Module):
         self.jitter_scale = float(jitter_scale)
         self.jitter_probability = float(jitter_probability)
 
-        self.backbone = create_feature_extractor(backbone, layers, pre_trained, weights_path)
-        for parameter in self.backbone.parameters():
-            parameter.requires_grad_(False)
+        self.backbone = create_feature_extractor(backbone, layers, pre_trained, weights_path).requires_grad_(False)
         self.feature_channels = sum(get_feature_info(self.backbone).channels)
         self.standardizer = RunningStandardizer(self.feature_channels) if standardize_features else nn.Identity()
 

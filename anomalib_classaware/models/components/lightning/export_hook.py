@@ -14,10 +14,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from anomalib.data import AnomalibDataModule
-    from anomalib.deploy.export import CompressionType
-    from torchmetrics import Metric
-
 #: ``module:function`` that exports a model to OpenVINO; called as ``f(model, anomalib_to_openvino, *args)``.
 OPENVINO_EXPORTER = "anomalib_classaware.deploy.lightning_export:export_to_openvino"
 
@@ -25,36 +21,13 @@ OPENVINO_EXPORTER = "anomalib_classaware.deploy.lightning_export:export_to_openv
 class NetworkInt8ExportMixin:
     """``to_openvino`` with the package's ``INT8_PTQ`` and ``INT8_ACQ`` (put before ``AnomalibModule`` in the bases)."""
 
-    def to_openvino(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        compression_type: CompressionType | None = None,
-        datamodule: AnomalibDataModule | None = None,
-        metric: Metric | None = None,
-        task: Any = None,
-        max_drop: float = 0.01,
-        ov_kwargs: dict[str, Any] | None = None,
-        onnx_kwargs: dict[str, Any] | None = None,
-    ) -> Path:
+    def to_openvino(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
         """Export to OpenVINO IR; ``INT8_PTQ`` and ``INT8_ACQ`` quantize the network only.
 
-        See :func:`anomalib_classaware.deploy.lightning_export.export_to_openvino`.
+        The arguments are anomalib's ``to_openvino``'s (``model_file_name``, ``input_size``, ``compression_type``,
+        ``datamodule``, ``metric``, ``task``, ``max_drop``, ``ov_kwargs``, ``onnx_kwargs``); see
+        :func:`anomalib_classaware.deploy.lightning_export.export_to_openvino`.
         """
         module, _, name = OPENVINO_EXPORTER.partition(":")
         exporter = getattr(importlib.import_module(module), name)
-        return exporter(
-            self,
-            super().to_openvino,  # type: ignore[misc]
-            export_root,
-            model_file_name,
-            input_size,
-            compression_type,
-            datamodule,
-            metric,
-            task,
-            max_drop,
-            ov_kwargs,
-            onnx_kwargs,
-        )
+        return exporter(self, super().to_openvino, export_root, *args, **kwargs)  # type: ignore[misc]
