@@ -21,8 +21,8 @@ from torchmetrics.functional.clustering import adjusted_rand_score
 from anomalib_classaware import MultiClassDemo
 from anomalib_classaware.benchmark.cli import resolve_weights
 from anomalib_classaware.models.components import create_feature_extractor
-from anomalib_classaware.models.components.pre_processing import imagenet_pre_processor
-from anomalib_classaware.models.components.pseudo_labels import PseudoClassLabeler, pooled_descriptor
+from anomalib_classaware.models.components.lightning.pre_processing import imagenet_pre_processor
+from anomalib_classaware.models.components.training.pseudo_labels import PseudoClassLabeler, pooled_descriptor
 
 
 @torch.no_grad()

@@ -47,8 +47,8 @@ from anomalib_classaware.benchmark.cli import resolve_weights
 from anomalib_classaware.benchmark.config import ModelSpec
 from anomalib_classaware.benchmark.runner import build_model as build_benchmark_model
 from anomalib_classaware.deploy import OpenVINODetector, export_openvino_variants, read_rgb
+from anomalib_classaware.deploy.lightning_export import normal_training_images
 from anomalib_classaware.metrics import per_category_metrics_table
-from anomalib_classaware.models.components.openvino_export import normal_training_images
 from anomalib_classaware.post_processing import THRESHOLD_METHODS, PerCategoryPostProcessor
 
 MODEL_ARGS: dict[str, dict[str, Any]] = {

@@ -27,9 +27,9 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_classaware.models.components import pixel_cosine_loss
-from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
-from anomalib_classaware.models.components.lightning_mixins import FeatureReconstructionMixin
-from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
+from anomalib_classaware.models.components.lightning.mixins import FeatureReconstructionMixin
+from anomalib_classaware.models.components.lightning.pre_processing import DEFAULT_INPUT_SIZE
+from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
 from anomalib_classaware.models.reverse_distillation import ReverseDistillationModel
 
 

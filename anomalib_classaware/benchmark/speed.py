@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from anomalib_classaware.metrics.exact_auroc import mean_category_auroc
+
 VARIANTS: tuple[str, ...] = (
     "torch",
     "openvino_fp32",
@@ -329,24 +331,6 @@ def low_precision_share(profile: Iterable[Mapping[str, Any]]) -> float:
     rows = [row for row in profile if row["layer_type"] in COMPUTE_LAYERS]
     total = sum(float(row["ms"]) for row in rows)
     return sum(float(row.get("int8_ms") or 0.0) for row in rows) / total if total > 0 else math.nan
-
-
-def mean_category_auroc(scores: np.ndarray, labels: np.ndarray, categories: Sequence[str]) -> float:
-    """Image AUROC per category (exact, float64; ties count one half), then the mean; NaN if none has both labels.
-
-    Not torchmetrics' ``binary_auroc``: it computes in float32 and applies a sigmoid as soon as one score
-    lies outside [0, 1], which merges the close scores of a quantized graph into ties.
-    """
-    values = []
-    categories = np.asarray(categories)
-    for category in dict.fromkeys(categories.tolist()):
-        selected = categories == category
-        positive, negative = scores[selected & (labels == 1)], scores[selected & (labels == 0)]
-        if len(positive) and len(negative):
-            greater = (positive[:, None] > negative[None, :]).mean()
-            ties = (positive[:, None] == negative[None, :]).mean()
-            values.append(float(greater + 0.5 * ties))
-    return float(np.mean(values)) if values else math.nan
 
 
 def _batch_categories(batch: Any, size: int) -> list[str]:

@@ -12,7 +12,7 @@
   an epoch reproduces the uninterrupted run; Lightning restarts the data of an epoch that a
   mid-epoch checkpoint interrupted, so that case continues with other batches.
 
-Models get both through :class:`~anomalib_classaware.models.components.training_guards.TrainingGuardsMixin`;
+Models get both through :class:`~anomalib_classaware.models.components.lightning.mixins.TrainingGuardsMixin`;
 any Lightning model can use them as ``Trainer(callbacks=[FiniteLossGuard(), RandomStateCheckpoint()])``
 or ``anomalib train ... --trainer.callbacks+=anomalib_classaware.callbacks.FiniteLossGuard``.
 """

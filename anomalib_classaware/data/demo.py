@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-
-from anomalib.data.utils import TestSplitMode, ValSplitMode
-from torchvision.transforms.v2 import Transform
+from typing import Any
 
 from anomalib_classaware.data.demo_builder import DEMO_CATEGORIES, build_demo_dataset
 from anomalib_classaware.data.multiclass import MultiClassDataModule
@@ -45,6 +43,11 @@ class MultiClassDemo(MultiClassDataModule):
         balanced_batches: Class-balanced training batches (``None``: when the model asks for them).
         categories_per_batch: Categories per balanced batch (``None``: derived from ``train_batch_size``).
         images_per_category: Images per category in a balanced batch (``None``: derived).
+        train_batch_size: Training batch size.
+        eval_batch_size: Evaluation batch size.
+        num_workers: Dataloader workers.
+        **kwargs: The other arguments of :class:`~anomalib_classaware.data.multiclass.MultiClassDataModule`
+            (``skip_corrupt`` to ``images_per_category`` above, splits, augmentations, ``seed``).
 
     Example:
         >>> from anomalib.engine import Engine
@@ -67,22 +70,7 @@ class MultiClassDemo(MultiClassDataModule):
         train_batch_size: int = 16,
         eval_batch_size: int = 16,
         num_workers: int = 2,
-        train_augmentations: Transform | None = None,
-        val_augmentations: Transform | None = None,
-        test_augmentations: Transform | None = None,
-        augmentations: Transform | None = None,
-        test_split_mode: TestSplitMode | str = TestSplitMode.FROM_DIR,
-        test_split_ratio: float = 0.2,
-        val_split_mode: ValSplitMode | str = ValSplitMode.SAME_AS_TEST,
-        val_split_ratio: float = 0.5,
-        seed: int | None = None,
-        per_category_metrics: bool = True,
-        skip_corrupt: bool = False,
-        check_images: bool = True,
-        training_guards: bool = True,
-        balanced_batches: bool | None = None,
-        categories_per_batch: int | None = None,
-        images_per_category: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if root is None:
             variant = f"{image_size}px-seed{generation_seed}-{num_train}-{num_test_good}-{num_test_defective}"
@@ -93,22 +81,7 @@ class MultiClassDemo(MultiClassDataModule):
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
-            train_augmentations=train_augmentations,
-            val_augmentations=val_augmentations,
-            test_augmentations=test_augmentations,
-            augmentations=augmentations,
-            test_split_mode=test_split_mode,
-            test_split_ratio=test_split_ratio,
-            val_split_mode=val_split_mode,
-            val_split_ratio=val_split_ratio,
-            seed=seed,
-            per_category_metrics=per_category_metrics,
-            skip_corrupt=skip_corrupt,
-            check_images=check_images,
-            training_guards=training_guards,
-            balanced_batches=balanced_batches,
-            categories_per_batch=categories_per_batch,
-            images_per_category=images_per_category,
+            **kwargs,
         )
         self.image_size = image_size
         self.num_train = num_train

@@ -1,5 +1,6 @@
 """Metrics for multi-class anomaly detection: per-category evaluation."""
 
+from anomalib_classaware.metrics.exact_auroc import mean_category_auroc
 from anomalib_classaware.metrics.per_category import (
     CSV_FILENAME,
     MEAN_KEY,
@@ -20,6 +21,7 @@ __all__ = [
     "CategoryMetrics",
     "PerCategoryEvaluator",
     "PerCategoryResults",
+    "mean_category_auroc",
     "per_category_metrics_table",
     "print_per_category_table",
     "results_to_dataframe",

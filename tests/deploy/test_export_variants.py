@@ -37,7 +37,7 @@ from anomalib_classaware.deploy.export import (
     has_attention,
     nncf_model_type,
 )
-from anomalib_classaware.models.components.attention import MaskedAttention
+from anomalib_classaware.models.components.networks.attention import MaskedAttention
 
 SIZE = 64
 
@@ -388,7 +388,7 @@ def _one_category_demo(root: Path, val_split_mode: str, **kwargs: object):
 
 
 def test_int8_acq_needs_anomalous_validation_images(tmp_path: Path) -> None:
-    from anomalib_classaware.models.components.openvino_export import labelled_validation_images
+    from anomalib_classaware.deploy.lightning_export import labelled_validation_images
 
     normal_only = _one_category_demo(tmp_path / "demo", "from_train", num_train=6, val_split_ratio=0.5)
     with pytest.raises(ValueError, match=r"validation images of MultiClassDemo, which hold labels \[0\]"):
@@ -400,7 +400,7 @@ def test_int8_acq_warns_when_validation_images_are_the_test_images(
 ) -> None:
     import logging
 
-    from anomalib_classaware.models.components.openvino_export import labelled_validation_images
+    from anomalib_classaware.deploy.lightning_export import labelled_validation_images
 
     with caplog.at_level(logging.WARNING):
         loader = labelled_validation_images(_one_category_demo(tmp_path / "demo", "same_as_test"))

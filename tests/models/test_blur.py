@@ -6,8 +6,8 @@ import pytest
 import torch
 from anomalib.models.components import GaussianBlur2d
 
-from anomalib_classaware.models.components.anomaly_map import AnomalyMapGenerator
-from anomalib_classaware.models.components.blur import SeparableGaussianBlur2d
+from anomalib_classaware.models.components.networks.anomaly_map import AnomalyMapGenerator
+from anomalib_classaware.models.components.networks.blur import SeparableGaussianBlur2d
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from anomalib_classaware.models.components import feature_jitter, position_noise
-from anomalib_classaware.models.components.contrastive import (
+from anomalib_classaware.models.components.lightning.pre_processing import imagenet_pre_processor
+from anomalib_classaware.models.components.training.contrastive_losses import (
     ClassAwareContrastiveLoss,
     ViewEncoding,
     dense_contrastive_loss,
@@ -18,8 +19,10 @@ from anomalib_classaware.models.components.contrastive import (
     match_positions,
     supervised_contrastive_loss,
 )
-from anomalib_classaware.models.components.pre_processing import imagenet_pre_processor
-from anomalib_classaware.models.components.view_augmentation import ContrastiveViewAugmentation, find_normalisation
+from anomalib_classaware.models.components.training.view_augmentation import (
+    ContrastiveViewAugmentation,
+    find_normalisation,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")

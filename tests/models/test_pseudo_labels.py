@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchmetrics.functional.clustering import adjusted_rand_score
 
-from anomalib_classaware.models.components.class_labels import order_invariant, validate_class_labels
-from anomalib_classaware.models.components.pseudo_labels import (
+from anomalib_classaware.models.components.lightning.class_labels import order_invariant, validate_class_labels
+from anomalib_classaware.models.components.training.pseudo_labels import (
     PseudoClassLabeler,
     choose_num_clusters,
     kmeans,

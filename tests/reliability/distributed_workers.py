@@ -68,7 +68,7 @@ TRAINABLE = ("embeddings", "augmented_embeddings", "features", "augmented_featur
 
 def contrastive_loss_and_gradients(rows: slice) -> tuple[float, dict[str, torch.Tensor]]:
     """The class-aware contrastive loss of ``rows`` of :func:`contrastive_inputs` and its input gradients."""
-    from anomalib_classaware.models.components.contrastive import ClassAwareContrastiveLoss
+    from anomalib_classaware.models.components.training.contrastive_losses import ClassAwareContrastiveLoss
 
     inputs = {name: value[rows].clone() for name, value in contrastive_inputs().items()}
     for name in TRAINABLE:

@@ -175,7 +175,7 @@ def test_model_installs_the_training_guards(name: str) -> None:
     types = {type(callback) for callback in callbacks}
     assert {FiniteLossGuard, RandomStateCheckpoint} <= types, (
         f"{name} lacks the training guards: add TrainingGuardsMixin "
-        "(anomalib_classaware.models.components.training_guards) before AnomalibModule in its bases."
+        "(anomalib_classaware.models.components.lightning.mixins) before AnomalibModule in its bases."
     )
 
 

@@ -39,21 +39,21 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torch import Tensor
 
-from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
-from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
-from anomalib_classaware.models.components.category_head import CategoryPrototypesMixin
-from anomalib_classaware.models.components.class_labels import ClassLabelsMixin
-from anomalib_classaware.models.components.contrastive import LocalNegatives
-from anomalib_classaware.models.components.lightning_mixins import (
+from anomalib_classaware.models.components.lightning.category_head import CategoryPrototypesMixin
+from anomalib_classaware.models.components.lightning.category_names import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.lightning.class_labels import ClassLabelsMixin
+from anomalib_classaware.models.components.lightning.export_hook import NetworkInt8ExportMixin
+from anomalib_classaware.models.components.lightning.mixins import (
     FeatureReconstructionMixin,
     OfflineCheckpointMixin,
     PlannedStepsMixin,
     step_decay_schedule,
 )
-from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
-from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
-from anomalib_classaware.models.components.pseudo_labels import NumClusters
-from anomalib_classaware.models.components.view_augmentation import ContrastiveViewAugmenter
+from anomalib_classaware.models.components.lightning.pre_processing import DEFAULT_INPUT_SIZE
+from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.training.contrastive_losses import LocalNegatives
+from anomalib_classaware.models.components.training.pseudo_labels import NumClusters
+from anomalib_classaware.models.components.training.view_augmentation import ContrastiveViewAugmenter
 
 from .loss import ClassAwareReconLoss
 from .torch_model import ClassAwareReconModel

@@ -2,17 +2,20 @@
 
 ``L = L_rec + l1 * L_global + l2 * L_local``: ``L_rec`` is Reverse Distillation's pixel cosine loss
 summed over levels (teacher features detached); the contrastive terms come from the shared
-:class:`~anomalib_classaware.models.components.contrastive.ClassAwareContrastiveLoss`.
+:class:`~anomalib_classaware.models.components.training.contrastive_losses.ClassAwareContrastiveLoss`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
 from anomalib_classaware.models.components import pixel_cosine_loss
-from anomalib_classaware.models.components.contrastive import ClassAwareContrastiveLoss, LocalNegatives, ViewEncoding
+from anomalib_classaware.models.components.training.contrastive_losses import (
+    ClassAwareContrastiveLoss,
+    ViewEncoding,
+)
 
 from .torch_model import ClassAwareReconOutput
 
@@ -30,22 +33,15 @@ class ClassAwareReconLoss(nn.Module):
     """Reconstruction + class-aware contrastive loss.
 
     Args:
-        temperature: contrastive temperature (code: 0.05).
-        global_weight: ``l1`` (code: 1).
-        local_weight: ``l2`` (code: 1).
-        local_negatives: ``"all"`` other-class images (ours) or ``"one"`` (code).
+        *args: the arguments of :class:`ClassAwareContrastiveLoss` (``temperature``, ``global_weight``,
+            ``local_weight``, ``local_negatives``).
+        **kwargs: the same, by name.
 
     """
 
-    def __init__(
-        self,
-        temperature: float = 0.05,
-        global_weight: float = 1.0,
-        local_weight: float = 1.0,
-        local_negatives: LocalNegatives = "all",
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        self.contrastive = ClassAwareContrastiveLoss(temperature, global_weight, local_weight, local_negatives)
+        self.contrastive = ClassAwareContrastiveLoss(*args, **kwargs)
 
     def forward(
         self, output: ClassAwareReconOutput, augmented: ViewEncoding | None, labels: Tensor

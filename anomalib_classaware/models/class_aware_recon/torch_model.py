@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
+from anomalib_classaware.models.class_aware_recon.projection import ProjectionLayer
 from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
     build_reverse_distillation_student,
@@ -29,10 +30,9 @@ from anomalib_classaware.models.components import (
     get_feature_info,
     position_noise,
 )
-from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
-from anomalib_classaware.models.components.category_head import CategoryPrototypes
-from anomalib_classaware.models.components.contrastive import ViewEncoding
-from anomalib_classaware.models.components.projection import ProjectionLayer
+from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
+from anomalib_classaware.models.components.training.contrastive_losses import ViewEncoding
 
 
 class ClassAwareReconOutput(NamedTuple):
@@ -77,9 +77,7 @@ class ClassAwareReconModel(nn.Module):
         blur_sigma: float = 4.0,
     ) -> None:
         super().__init__()
-        self.teacher = create_feature_extractor(backbone, layers, pre_trained, weights_path)
-        for parameter in self.teacher.parameters():
-            parameter.requires_grad_(False)
+        self.teacher = create_feature_extractor(backbone, layers, pre_trained, weights_path).requires_grad_(False)
         channels, reductions = get_feature_info(self.teacher)
         self.projections = nn.ModuleList(ProjectionLayer(channel) for channel in channels)
         self.bottleneck, self.decoder = build_reverse_distillation_student(channels, reductions)

@@ -1,9 +1,21 @@
-"""Shared reconstruction kit: backbones, fusion bottleneck, mirrored decoder, anomaly maps, losses, noise, masks."""
+"""Parts shared by our models, by layer (each imports only the ones above it in this list).
 
-from .anomaly_map import AnomalyMapGenerator, cosine_distance_map
-from .attention import MaskedAttention
-from .attention_masks import neighbourhood_mask
-from .backbone import (
+- :mod:`.networks`: network blocks that run at inference (backbones, bottleneck, decoders, attention,
+  anomaly maps, category prototypes);
+- :mod:`.training`: training-only parts (reconstruction and contrastive losses, feature noise, augmented
+  views, pseudo-labels, DDP gathers);
+- :mod:`.lightning`: Lightning glue (mixins, category names, class labels, pre-processing, export hook).
+
+Parts used by a single model live in that model's folder.
+"""
+
+from typing import TYPE_CHECKING
+
+from .lightning.category_names import CategoryNamesMixin, batch_category_ids, validate_category_names
+from .networks.anomaly_map import AnomalyMapGenerator, cosine_distance_map
+from .networks.attention import MaskedAttention
+from .networks.attention_masks import neighbourhood_mask
+from .networks.backbone import (
     FeatureInfo,
     create_feature_extractor,
     get_feature_info,
@@ -11,17 +23,23 @@ from .backbone import (
     map_state_dict,
     read_state_dict,
 )
-from .batchnorm import frozen_batchnorm_statistics
-from .blocks import BlockConfig, ResidualBlock, make_activation, make_stage, reverse_distillation_blocks
-from .bottleneck import MultiScaleFusionBottleneck
-from .categories import CategoryNamesMixin, batch_category_ids, validate_category_names
-from .decoder import FeatureDecoder
-from .feature_noise import feature_jitter, position_noise
-from .losses import alpha_schedule, global_cosine_hard_mining_loss, pixel_cosine_loss, scale_easy_gradients
-from .positional import fourier_features, grid_coordinates, sincos_positions
-from .standardizer import RunningStandardizer
-from .student import build_reverse_distillation_student
-from .transformer import LayerwiseQueryDecoderLayer, NeighbourMaskedEncoderLayer, check_attention_mask
+from .networks.batchnorm import frozen_batchnorm_statistics
+from .networks.blocks import BlockConfig, ResidualBlock, make_activation, make_stage, reverse_distillation_blocks
+from .networks.bottleneck import MultiScaleFusionBottleneck
+from .networks.decoder import FeatureDecoder
+from .networks.positional import fourier_features, grid_coordinates, sincos_positions
+from .networks.student import build_reverse_distillation_student
+from .networks.transformer import LayerwiseQueryDecoderLayer, NeighbourMaskedEncoderLayer, check_attention_mask
+from .training.feature_noise import feature_jitter, position_noise
+from .training.reconstruction_losses import (
+    alpha_schedule,
+    global_cosine_hard_mining_loss,
+    pixel_cosine_loss,
+    scale_easy_gradients,
+)
+
+if TYPE_CHECKING:
+    from anomalib_classaware.models.mint_ad.standardizer import RunningStandardizer
 
 __all__ = [
     "AnomalyMapGenerator",
@@ -60,3 +78,13 @@ __all__ = [
     "sincos_positions",
     "validate_category_names",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``RunningStandardizer`` moved to MINT-AD's folder; loaded on access (it imports this package)."""
+    if name == "RunningStandardizer":
+        from anomalib_classaware.models.mint_ad.standardizer import RunningStandardizer
+
+        return RunningStandardizer
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

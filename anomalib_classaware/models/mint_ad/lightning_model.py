@@ -70,21 +70,21 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
 from anomalib_classaware.models.components import batch_category_ids
-from anomalib_classaware.models.components.anomaly_map import ScoreReduction
-from anomalib_classaware.models.components.categories import (
+from anomalib_classaware.models.components.lightning.category_names import (
     CategoryNamesMixin,
     category_names_from_datamodule,
     validate_category_names,
 )
-from anomalib_classaware.models.components.lightning_mixins import (
+from anomalib_classaware.models.components.lightning.export_hook import NetworkInt8ExportMixin
+from anomalib_classaware.models.components.lightning.mixins import (
     CategoryPredictionMixin,
     OfflineCheckpointMixin,
     PlannedStepsMixin,
+    TrainingGuardsMixin,
     attach_predictions,
 )
-from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
-from anomalib_classaware.models.components.pre_processing import imagenet_pre_processor
-from anomalib_classaware.models.components.training_guards import TrainingGuardsMixin
+from anomalib_classaware.models.components.lightning.pre_processing import imagenet_pre_processor
+from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
 
 from .loss import MintAdLoss
 from .torch_model import MintAdModel

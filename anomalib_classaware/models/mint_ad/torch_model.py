@@ -55,13 +55,13 @@ from anomalib_classaware.models.components import (
     neighbourhood_mask,
     sincos_positions,
 )
-from anomalib_classaware.models.components.anomaly_map import ScoreReduction
-from anomalib_classaware.models.components.standardizer import RunningStandardizer
-from anomalib_classaware.models.components.transformer import (
+from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.networks.transformer import (
     LayerwiseQueryDecoderLayer,
     NeighbourMaskedEncoderLayer,
     check_attention_mask,
 )
+from anomalib_classaware.models.mint_ad.standardizer import RunningStandardizer
 
 from .anomaly_map import L2AnomalyMapGenerator
 
@@ -256,9 +256,7 @@ class MintAdModel(nn.Module):
         self.jitter_scale = float(jitter_scale)
         self.jitter_probability = float(jitter_probability)
 
-        self.backbone = create_feature_extractor(backbone, layers, pre_trained, weights_path)
-        for parameter in self.backbone.parameters():
-            parameter.requires_grad_(False)
+        self.backbone = create_feature_extractor(backbone, layers, pre_trained, weights_path).requires_grad_(False)
         self.feature_channels = sum(get_feature_info(self.backbone).channels)
         self.standardizer = RunningStandardizer(self.feature_channels) if standardize_features else nn.Identity()
 

@@ -33,9 +33,9 @@ from anomalib_classaware.models.components import (
     frozen_batchnorm_statistics,
     get_feature_info,
 )
-from anomalib_classaware.models.components.anomaly_map import ScoreReduction
-from anomalib_classaware.models.components.category_head import CategoryPrototypes
-from anomalib_classaware.models.components.contrastive import ViewEncoding
+from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
+from anomalib_classaware.models.components.training.contrastive_losses import ViewEncoding
 
 
 class ReContrastOutput(NamedTuple):
@@ -101,8 +101,7 @@ class ReContrastModel(nn.Module):
         super().__init__()
         self.frozen_encoder = create_feature_extractor(backbone, layers, pre_trained, weights_path)
         self.encoder = copy.deepcopy(self.frozen_encoder)
-        for parameter in self.frozen_encoder.parameters():
-            parameter.requires_grad_(False)
+        self.frozen_encoder.requires_grad_(False)
 
         channels, reductions = get_feature_info(self.frozen_encoder)
         self.bottleneck, self.decoder = build_reverse_distillation_student(

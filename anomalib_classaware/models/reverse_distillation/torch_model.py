@@ -24,7 +24,7 @@ from anomalib_classaware.models.components import (
     create_feature_extractor,
     get_feature_info,
 )
-from anomalib_classaware.models.components.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
 
 
 class ReverseDistillationModel(nn.Module):
@@ -54,9 +54,7 @@ class ReverseDistillationModel(nn.Module):
         topk_ratio: float = 0.01,
     ) -> None:
         super().__init__()
-        self.encoder = create_feature_extractor(backbone, layers, pre_trained, weights_path)
-        for parameter in self.encoder.parameters():
-            parameter.requires_grad_(False)
+        self.encoder = create_feature_extractor(backbone, layers, pre_trained, weights_path).requires_grad_(False)
         channels, reductions = get_feature_info(self.encoder)
         self.bottleneck, self.decoder = build_reverse_distillation_student(channels, reductions)
         self.anomaly_map_generator = AnomalyMapGenerator(

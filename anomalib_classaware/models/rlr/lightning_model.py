@@ -39,12 +39,12 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
-from anomalib_classaware.models.components.anomaly_map import ScoreReduction
-from anomalib_classaware.models.components.categories import CategoryNamesMixin, validate_category_names
-from anomalib_classaware.models.components.category_head import CategoryPrototypesMixin
-from anomalib_classaware.models.components.lightning_mixins import FeatureReconstructionMixin, OfflineCheckpointMixin
-from anomalib_classaware.models.components.openvino_export import NetworkInt8ExportMixin
-from anomalib_classaware.models.components.pre_processing import DEFAULT_INPUT_SIZE
+from anomalib_classaware.models.components.lightning.category_head import CategoryPrototypesMixin
+from anomalib_classaware.models.components.lightning.category_names import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.lightning.export_hook import NetworkInt8ExportMixin
+from anomalib_classaware.models.components.lightning.mixins import FeatureReconstructionMixin, OfflineCheckpointMixin
+from anomalib_classaware.models.components.lightning.pre_processing import DEFAULT_INPUT_SIZE
+from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
 
 from .loss import RlrLoss
 from .torch_model import RlrModel

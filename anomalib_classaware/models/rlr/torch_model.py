@@ -47,9 +47,9 @@ from anomalib_classaware.models.components import (
     neighbourhood_mask,
     sincos_positions,
 )
-from anomalib_classaware.models.components.anomaly_map import ScoreReduction
-from anomalib_classaware.models.components.attention import MaskedAttention
-from anomalib_classaware.models.components.category_head import CategoryPrototypes
+from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.networks.attention import MaskedAttention
+from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
 
 
 class RlrOutput(NamedTuple):
@@ -253,8 +253,7 @@ class RlrModel(nn.Module):
         self.jitter_scale = float(jitter_scale)
         self.jitter_probability = float(jitter_probability)
         self.feature_extractor = create_feature_extractor(backbone, layers, pre_trained, weights_path)
-        for parameter in self.feature_extractor.parameters():
-            parameter.requires_grad_(False)
+        self.feature_extractor.requires_grad_(False)
         self.feature_extractor.eval()
         self.category_prototypes = CategoryPrototypes()
         self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2) if pool_size > 1 else nn.Identity()

@@ -6,7 +6,7 @@ depends only on the grid size. :class:`MaskedAttention` keeps the projections of
 :class:`torch.nn.MultiheadAttention` (query/key/value/output ``Linear`` layers) but calls
 :func:`torch.nn.functional.scaled_dot_product_attention`, which picks a fused kernel on CPU and
 GPU and exports to ONNX/OpenVINO. Build the mask once per grid size
-(:func:`~anomalib_classaware.models.components.attention_masks.neighbourhood_mask`) and keep it
+(:func:`~anomalib_classaware.models.components.networks.attention_masks.neighbourhood_mask`) and keep it
 as a non-persistent buffer.
 
 Keys and values may come with batch size 1 (a learnable reference shared by the whole batch):

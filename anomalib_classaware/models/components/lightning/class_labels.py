@@ -3,8 +3,8 @@
 Used by Lightning modules whose training uses classes (``ClassAwareRecon``, ``ReContrast`` with
 ``class_aware=True``). ``class_labels="dataset"`` reads ``batch.category_id`` (anomalib's
 single-category datamodules carry none: one class, said once in the log by
-:class:`~.categories.CategoryNamesMixin`). ``class_labels="pseudo"`` clusters the training set
-once when training starts (:mod:`.pseudo_labels`) and labels each batch by nearest centroid.
+:class:`~.category_names.CategoryNamesMixin`). ``class_labels="pseudo"`` clusters the training set
+once when training starts (:mod:`..training.pseudo_labels`) and labels each batch by nearest centroid.
 Under DDP the descriptors of all processes are gathered, clustered identically on every process
 and rank 0's centroids are broadcast.
 """
@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .categories import batch_category_ids
-from .contrastive import gather_no_grad
-from .pseudo_labels import NumClusters, PseudoClassLabeler, pooled_descriptor
+from ..training.distributed import gather_no_grad
+from ..training.pseudo_labels import NumClusters, PseudoClassLabeler, pooled_descriptor
+from .category_names import batch_category_ids
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,17 @@
 - :class:`OfflineCheckpointMixin`: ``load_from_checkpoint`` defaults ``pre_trained=False`` and
   ``weights_path=None``: the checkpoint holds every weight, so loading must not need the model hub
   or the original weights file (air-gapped inspection lines).
+- :class:`TrainingGuardsMixin`: every model stops on a NaN loss and resumes with its random states: it appends
+  :class:`~anomalib_classaware.callbacks.FiniteLossGuard` and
+  :class:`~anomalib_classaware.callbacks.RandomStateCheckpoint` to the callbacks the module configures
+  (Lightning lets those replace trainer callbacks of the same type, so a user's own instance is replaced, never
+  doubled). Put it before ``AnomalibModule`` in the bases.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +29,23 @@ from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.pre_processing import PreProcessor
 from lightning.fabric.utilities.types import _MAP_LOCATION_TYPE
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
+from anomalib_classaware.callbacks import FiniteLossGuard, RandomStateCheckpoint
 from anomalib_classaware.post_processing import PerCategoryPostProcessor
 
 from .pre_processing import imagenet_pre_processor
-from .training_guards import TrainingGuardsMixin
+
+
+class TrainingGuardsMixin:
+    """Adds :class:`FiniteLossGuard` and :class:`RandomStateCheckpoint` to ``configure_callbacks``."""
+
+    def configure_callbacks(self) -> Sequence[Callback] | Callback:
+        """The host's callbacks plus the two training guards."""
+        callbacks = super().configure_callbacks()  # type: ignore[misc]
+        callbacks = list(callbacks) if isinstance(callbacks, Sequence) else [callbacks]
+        return [*callbacks, FiniteLossGuard(), RandomStateCheckpoint()]
 
 
 class PlannedStepsMixin:

@@ -19,13 +19,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..networks.category_prototypes import pooled_descriptor
+
+__all__ = [
+    "NumClusters",
+    "PseudoClassLabeler",
+    "choose_num_clusters",
+    "kmeans",
+    "pooled_descriptor",
+    "silhouette_score",
+]
+
 NumClusters = int | Literal["auto"]
-
-
-def pooled_descriptor(features: Sequence[Tensor]) -> Tensor:
-    """``(B, sum C)`` image descriptor: L2-normalised global average pool per level, concatenated, normalised."""
-    pooled = [F.normalize(level.mean(dim=(2, 3)), dim=1) for level in features]
-    return F.normalize(torch.cat(pooled, dim=1), dim=1)
 
 
 def kmeans(

@@ -1,0 +1,1 @@
+"""Network blocks that run at inference: backbones, bottleneck, decoders, attention, anomaly maps, category head."""

@@ -1,0 +1,1 @@
+"""Training-only parts (never run at inference or export): losses, feature noise, augmented views, pseudo-labels."""
