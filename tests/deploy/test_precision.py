@@ -118,17 +118,21 @@ def bf16_hint_takes_effect() -> bool:
 def test_openvino_does_not_apply_the_recorded_precision_by_itself(tmp_path: Path) -> None:
     """Why our tools pass the recorded precision: OpenVINO's CPU plugin ignores it in ``runtime_options``.
 
-    If this fails, OpenVINO applies it now: ``compile_model`` without a config then runs an FP32 IR in
-    f32 on a CPU with BF16, and the README's advice to pass ``inference_config`` can be relaxed.
+    The IR records the precision that differs from what this CPU compiles by default (a CPU with BF16
+    defaults to bf16: the IR records f32; an AVX-512 CPU defaults to f32 and emulates a bf16 hint: the
+    IR records bf16). Compiled without a config, the default wins. If this fails, OpenVINO applies the
+    recorded precision now, and the README's advice to pass ``inference_config`` can be relaxed.
     """
     import openvino as ov
 
     from anomalib_classaware.deploy.inspection import compiled_precision
 
-    if not bf16_hint_takes_effect():
+    default = compiled_precision(ov.Core().compile_model(toy_model(), "CPU"))
+    if default == "f32" and not bf16_hint_takes_effect():
         pytest.skip("this CPU compiles bf16 hints as f32: a recorded bf16 cannot be told from the default")
-    compiled = ov.Core().compile_model(str(toy_ir(tmp_path, "bf16")), "CPU")
-    assert compiled_precision(compiled) == "f32"
+    recorded = "f32" if default == "bf16" else "bf16"
+    compiled = ov.Core().compile_model(str(toy_ir(tmp_path, recorded)), "CPU")
+    assert compiled_precision(compiled) == default != recorded
 
 
 @pytest.mark.skipif(cpu_supports_bf16(), reason="this CPU has BF16: the refusal is for CPUs without it")

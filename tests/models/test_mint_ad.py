@@ -537,7 +537,9 @@ def test_openvino_export_matches_torch_on_demo_images(tmp_path: Path) -> None:
     )
     with torch.no_grad():
         expected = model(images)
-    compiled = openvino.Core().compile_model(str(xml_path), "CPU")
+    from anomalib_classaware.deploy import inference_config
+
+    compiled = openvino.Core().compile_model(str(xml_path), "CPU", inference_config(xml_path))  # f32 on any CPU
     assert len(compiled.inputs) == 1  # the image only: the class is predicted inside the graph
     results = compiled(images.numpy())
     outputs = {port.get_any_name(): torch.from_numpy(results[port]) for port in compiled.outputs}
