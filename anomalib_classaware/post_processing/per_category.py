@@ -8,7 +8,7 @@ score scales, so one threshold flags every normal image of some categories (meas
 
 :class:`PerCategoryPostProcessor` keeps those six values **per category** and, for each image,
 gathers the values of its ``pred_category`` (the category the model predicts from the image
-alone, see :class:`~anomalib_classaware.models.components.lightning.category_head.CategoryPrototypes`), so
+alone, see :class:`~anomalib_classaware.models.components.networks.category_prototypes.CategoryPrototypes`), so
 the exported graph applies them with tensor indexing and no Python branch on values. Validation
 images are grouped by the *predicted* category, which is what deployment will see. Batches
 without ``pred_category`` (anomalib's own models) fall back to the dataset's ``category_id``, and

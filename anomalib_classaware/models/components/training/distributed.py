@@ -50,17 +50,11 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
 def gather_no_grad(tensor: Tensor) -> Tensor:
     """Concatenate ``tensor`` (labels, indices) from all DDP processes along dim 0; identity without DDP.
 
-    The processes may hold different numbers of rows (an uneven last batch): each share is padded
-    to the largest for ``all_gather`` and cut back to its size.
+    One collective (it runs in every contrastive training step): every process must contribute the
+    same number of rows, as Lightning's distributed sampler and the class-balanced sampler give.
     """
     if not _distributed():
         return tensor
-    world = dist.get_world_size()
-    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device))
-    rows = [int(size) for size in sizes]
-    padded = torch.zeros((max(rows), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:size] for part, size in zip(parts, rows, strict=True)], dim=0)
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
