@@ -14,8 +14,6 @@ It is a benchmark baseline, not a model of the package: it is not listed in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
@@ -27,13 +25,14 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_classaware.models.components import pixel_cosine_loss
+from anomalib_classaware.models.components.lightning.backbone_model import BackboneModelMixin
 from anomalib_classaware.models.components.lightning.mixins import FeatureReconstructionMixin
 from anomalib_classaware.models.components.lightning.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
 from anomalib_classaware.models.reverse_distillation import ReverseDistillationModel
 
 
-class ComponentReverseDistillation(FeatureReconstructionMixin, AnomalibModule):
+class ComponentReverseDistillation(FeatureReconstructionMixin, BackboneModelMixin, AnomalibModule):
     """Plain Reverse Distillation (Deng & Li, CVPR 2022) on any timm CNN, built from the shared components.
 
     Args:
@@ -69,23 +68,11 @@ class ComponentReverseDistillation(FeatureReconstructionMixin, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size=(int(input_size[0]), int(input_size[1])))
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        model_input_size = self.input_size or input_size
+        super().__init__(self.resolve_pre_processor(pre_processor, input_size), post_processor, evaluator, visualizer)
         self.lr = lr
         self.betas = (float(betas[0]), float(betas[1]))
         self.model: ReverseDistillationModel = ReverseDistillationModel(
-            backbone=backbone,
-            layers=tuple(int(layer) for layer in layers),
-            input_size=(int(model_input_size[0]), int(model_input_size[1])),
-            pre_trained=pre_trained,
-            weights_path=Path(weights_path) if weights_path else None,
+            **self.backbone_arguments(backbone, layers, pre_trained, weights_path or None, input_size),
             map_reduction=map_reduction,
             score_reduction=score_reduction,
         )
@@ -104,8 +91,3 @@ class ComponentReverseDistillation(FeatureReconstructionMixin, AnomalibModule):
         loss = pixel_cosine_loss(*self.model(batch.image))
         self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
         return {"loss": loss}
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping, no sanity validation; the training length is left to the user."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from anomalib.data import Batch
@@ -40,15 +39,10 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torch import Tensor
 
 from anomalib_classaware.models.components.lightning.category_head import CategoryPrototypesMixin
-from anomalib_classaware.models.components.lightning.category_names import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.lightning.category_names import validate_category_names
 from anomalib_classaware.models.components.lightning.class_labels import ClassLabelsMixin
-from anomalib_classaware.models.components.lightning.export_hook import NetworkInt8ExportMixin
-from anomalib_classaware.models.components.lightning.mixins import (
-    FeatureReconstructionMixin,
-    OfflineCheckpointMixin,
-    PlannedStepsMixin,
-    step_decay_schedule,
-)
+from anomalib_classaware.models.components.lightning.mixins import PlannedStepsMixin, step_decay_schedule
+from anomalib_classaware.models.components.lightning.model_base import MultiClassModelMixin
 from anomalib_classaware.models.components.lightning.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
 from anomalib_classaware.models.components.training.contrastive_losses import LocalNegatives
@@ -62,14 +56,7 @@ logger = logging.getLogger(__name__)
 
 
 class ClassAwareRecon(
-    NetworkInt8ExportMixin,
-    FeatureReconstructionMixin,
-    OfflineCheckpointMixin,
-    PlannedStepsMixin,
-    ClassLabelsMixin,
-    CategoryPrototypesMixin,
-    CategoryNamesMixin,
-    AnomalibModule,
+    PlannedStepsMixin, ClassLabelsMixin, CategoryPrototypesMixin, MultiClassModelMixin, AnomalibModule
 ):
     """Class-aware contrastive reconstruction (Reverse Distillation + projection + contrastive terms).
 
@@ -144,15 +131,7 @@ class ClassAwareRecon(
         visualizer: Visualizer | bool = True,
         category_names: Sequence[str] | None = None,
     ) -> None:
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size=(int(input_size[0]), int(input_size[1])))
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        model_input_size = self.input_size or input_size
+        super().__init__(self.resolve_pre_processor(pre_processor, input_size), post_processor, evaluator, visualizer)
         self.lr = lr
         self.projection_lr = projection_lr
         self.betas = (float(betas[0]), float(betas[1]))
@@ -164,11 +143,7 @@ class ClassAwareRecon(
         self._view_augmentation = ContrastiveViewAugmenter()
 
         self.model: ClassAwareReconModel = ClassAwareReconModel(
-            backbone=backbone,
-            layers=tuple(int(layer) for layer in layers),
-            input_size=(int(model_input_size[0]), int(model_input_size[1])),
-            pre_trained=pre_trained,
-            weights_path=weights_path,
+            **self.backbone_arguments(backbone, layers, pre_trained, weights_path, input_size),
             noise_std=noise_std,
             noise_fraction=noise_fraction,
             noise_probability=noise_probability,
@@ -223,18 +198,11 @@ class ClassAwareRecon(
         if self.loss.contrastive.enabled:
             augmented = self.model.encode_view(self.view_augmentation(batch.image))
         losses = self.loss(output, augmented, labels)
-        batch_size = batch.image.shape[0]
-        self.log(
-            "train_loss",
-            losses.total.detach(),
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=True,
-        )
-        for name in ("reconstruction", "global_contrastive", "local_contrastive"):
-            self.log(f"train_{name}_loss", getattr(losses, name).detach(), on_step=True, batch_size=batch_size)
+        terms = {
+            f"train_{name}_loss": getattr(losses, name)
+            for name in ("reconstruction", "global_contrastive", "local_contrastive")
+        }
+        self.log_training_loss(losses.total, batch.image.shape[0], terms)
         return {"loss": losses.total}
 
     @property
@@ -244,8 +212,3 @@ class ClassAwareRecon(
         True with dataset labels and the contrastive terms on (pseudo labels must not see the categories).
         """
         return self.class_labels == "dataset" and self.loss.contrastive.enabled
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient clipping at ``gradient_clip_val`` (code: 5), no sanity validation."""
-        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}

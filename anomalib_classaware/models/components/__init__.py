@@ -4,7 +4,8 @@
   anomaly maps, category prototypes);
 - :mod:`.training`: training-only parts (reconstruction and contrastive losses, feature noise, augmented
   views, pseudo-labels, DDP gathers);
-- :mod:`.lightning`: Lightning glue (mixins, category names, class labels, pre-processing, export hook).
+- :mod:`.lightning`: Lightning glue (mixins, the models' shared base and ``__init__`` helpers, category names, class
+  labels, pre-processing, export hook).
 
 Parts used by a single model live in that model's folder.
 """

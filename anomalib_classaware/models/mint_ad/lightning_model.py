@@ -59,7 +59,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -71,18 +70,15 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
 from anomalib_classaware.models.components import batch_category_ids
 from anomalib_classaware.models.components.lightning.category_names import (
-    CategoryNamesMixin,
     category_names_from_datamodule,
     validate_category_names,
 )
-from anomalib_classaware.models.components.lightning.export_hook import NetworkInt8ExportMixin
 from anomalib_classaware.models.components.lightning.mixins import (
-    CategoryPredictionMixin,
-    OfflineCheckpointMixin,
     PlannedStepsMixin,
-    TrainingGuardsMixin,
     attach_predictions,
+    step_decay_schedule,
 )
+from anomalib_classaware.models.components.lightning.model_base import MultiClassModelMixin
 from anomalib_classaware.models.components.lightning.pre_processing import imagenet_pre_processor
 from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
 
@@ -95,15 +91,7 @@ ClassConditioning = Literal["predicted", "true_label"]
 UNIAD_INPUT_SIZE = (224, 224)
 
 
-class MintAd(
-    NetworkInt8ExportMixin,
-    TrainingGuardsMixin,
-    OfflineCheckpointMixin,
-    PlannedStepsMixin,
-    CategoryNamesMixin,
-    CategoryPredictionMixin,
-    AnomalibModule,
-):
+class MintAd(PlannedStepsMixin, MultiClassModelMixin, AnomalibModule):
     """MINT-AD Lightning module (unified multi-class recipe on UniAD's base).
 
     Args:
@@ -206,15 +194,7 @@ class MintAd(
         if names is not None and num_classes is not None and num_classes != len(names):
             msg = f"`num_classes` ({num_classes}) differs from the number of `category_names` ({len(names)})."
             raise ValueError(msg)
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size=(int(input_size[0]), int(input_size[1])))
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        model_input_size = self.input_size or input_size
+        super().__init__(self.resolve_pre_processor(pre_processor, input_size), post_processor, evaluator, visualizer)
         self.category_names = names
         self.class_conditioning = class_conditioning
         self.lr = lr
@@ -226,11 +206,7 @@ class MintAd(
         self._warned_no_labels = False
 
         self.model: MintAdModel = MintAdModel(
-            backbone=backbone,
-            layers=tuple(int(layer) for layer in layers),
-            input_size=(int(model_input_size[0]), int(model_input_size[1])),
-            pre_trained=pre_trained,
-            weights_path=weights_path,
+            **self.backbone_arguments(backbone, layers, pre_trained, weights_path, input_size),
             num_classes=len(names) if names is not None else (num_classes or 1),
             class_aware=class_aware,
             feature_stride=feature_stride,
@@ -380,9 +356,7 @@ class MintAd(
         """AdamW on every trainable parameter, multiplied by ``lr_decay_factor`` at ``lr_decay_fraction`` (UniAD)."""
         parameters = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=self.lr, betas=(0.9, 0.999), weight_decay=self.weight_decay)
-        milestone = max(1, int(self.lr_decay_fraction * self.planned_steps))
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=self.lr_decay_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return step_decay_schedule(optimizer, self.planned_steps, self.lr_decay_fraction, self.lr_decay_factor)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Reconstruct the jittered features conditioned on the true class; return the weighted loss."""
@@ -397,18 +371,8 @@ class MintAd(
             )
             raise ValueError(msg)
         terms = self.loss(self.model(batch.image, category_ids=ids), ids)
-        self.log(
-            "train_loss",
-            terms.total.detach(),
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=True,
-        )
-        for name in ("reconstruction", "classification", "prior"):
-            value = getattr(terms, name).detach()
-            self.log(f"train_loss_{name}", value, on_step=True, on_epoch=True, batch_size=batch_size)
+        named = {f"train_loss_{name}": getattr(terms, name) for name in ("reconstruction", "classification", "prior")}
+        self.log_training_loss(terms.total, batch_size, named, terms_on_epoch=True)
         return {"loss": terms.total}
 
     # ------------------------------------------------------------------ evaluation
@@ -443,13 +407,3 @@ class MintAd(
         """Predict scores and maps (and log how often the predicted class is right)."""
         del args, kwargs  # These variables are not used.
         return self._evaluate(batch, "test")
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """Gradient-norm clipping (UniAD: 0.1), no sanity validation; the training length is left to the user."""
-        return {"gradient_clip_val": self.gradient_clip_val, "num_sanity_val_steps": 0}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """MINT-AD learns from normal images (with their category ids) only."""
-        return LearningType.ONE_CLASS

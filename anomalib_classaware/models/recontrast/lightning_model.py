@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from anomalib.data import Batch
@@ -44,15 +43,10 @@ from torch import Tensor
 
 from anomalib_classaware.models.components import alpha_schedule
 from anomalib_classaware.models.components.lightning.category_head import CategoryPrototypesMixin
-from anomalib_classaware.models.components.lightning.category_names import CategoryNamesMixin, validate_category_names
+from anomalib_classaware.models.components.lightning.category_names import validate_category_names
 from anomalib_classaware.models.components.lightning.class_labels import ClassLabelsMixin
-from anomalib_classaware.models.components.lightning.export_hook import NetworkInt8ExportMixin
-from anomalib_classaware.models.components.lightning.mixins import (
-    FeatureReconstructionMixin,
-    OfflineCheckpointMixin,
-    PlannedStepsMixin,
-    step_decay_schedule,
-)
+from anomalib_classaware.models.components.lightning.mixins import PlannedStepsMixin, step_decay_schedule
+from anomalib_classaware.models.components.lightning.model_base import MultiClassModelMixin
 from anomalib_classaware.models.components.lightning.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.training.contrastive_losses import ClassAwareContrastiveLoss, LocalNegatives
@@ -63,16 +57,7 @@ from .loss import ReContrastLoss
 from .torch_model import ReContrastModel
 
 
-class ReContrast(
-    NetworkInt8ExportMixin,
-    FeatureReconstructionMixin,
-    OfflineCheckpointMixin,
-    PlannedStepsMixin,
-    ClassLabelsMixin,
-    CategoryPrototypesMixin,
-    CategoryNamesMixin,
-    AnomalibModule,
-):
+class ReContrast(PlannedStepsMixin, ClassLabelsMixin, CategoryPrototypesMixin, MultiClassModelMixin, AnomalibModule):
     """ReContrast Lightning module (unified multi-class recipe).
 
     Args:
@@ -152,15 +137,7 @@ class ReContrast(
         visualizer: Visualizer | bool = True,
         category_names: Sequence[str] | None = None,
     ) -> None:
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size=(int(input_size[0]), int(input_size[1])))
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        model_input_size = self.input_size or input_size
+        super().__init__(self.resolve_pre_processor(pre_processor, input_size), post_processor, evaluator, visualizer)
         self.alpha_start = alpha_start
         self.alpha_end = alpha_end
         self.alpha_warmup_fraction = alpha_warmup_fraction
@@ -182,11 +159,7 @@ class ReContrast(
         self._view_augmentation = ContrastiveViewAugmenter()
 
         self.model: ReContrastModel = ReContrastModel(
-            backbone=backbone,
-            layers=tuple(int(layer) for layer in layers),
-            input_size=(int(model_input_size[0]), int(model_input_size[1])),
-            pre_trained=pre_trained,
-            weights_path=weights_path,
+            **self.backbone_arguments(backbone, layers, pre_trained, weights_path, input_size),
             score_reduction=score_reduction,
             topk_ratio=topk_ratio,
             blur_sigma=blur_sigma,
@@ -242,32 +215,19 @@ class ReContrast(
         alpha = self.current_alpha()
         output = self.model(batch.image)
         loss = self.loss(output, alpha=alpha)
-        batch_size = batch.image.shape[0]
+        terms: dict[str, Tensor | float] = {}
         if self.contrastive_loss is not None:
             labels = self.training_labels(batch, output.frozen_features)
             augmented = self.model.encode_view(self._view_augmentation(batch.image, self.pre_processor))
             contrastive = self.contrastive_loss.compare_views(labels, output.view(), augmented)
             loss = loss + contrastive.total
-            self.log("train_global_contrastive_loss", contrastive.global_loss.detach(), batch_size=batch_size)
-            self.log("train_local_contrastive_loss", contrastive.local_loss.detach(), batch_size=batch_size)
-        self.log(
-            "train_loss",
-            loss.detach(),
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=True,
-        )
-        self.log("train_hard_mining_alpha", alpha, on_step=True, on_epoch=False, batch_size=batch_size)
+            terms["train_global_contrastive_loss"] = contrastive.global_loss
+            terms["train_local_contrastive_loss"] = contrastive.local_loss
+        terms["train_hard_mining_alpha"] = alpha
+        self.log_training_loss(loss, batch.image.shape[0], terms)
         return {"loss": loss}
 
     @property
     def wants_class_balanced_batches(self) -> bool:
         """Ask our datamodules for class-balanced batches (``class_aware`` with dataset labels: SupCon needs them)."""
         return self.contrastive_loss is not None and self.contrastive_loss.enabled and self.class_labels == "dataset"
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping, no sanity validation; the training length is left to the user."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}

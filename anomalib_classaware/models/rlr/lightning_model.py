@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from anomalib.data import Batch
@@ -40,9 +39,8 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 
 from anomalib_classaware.models.components.lightning.category_head import CategoryPrototypesMixin
-from anomalib_classaware.models.components.lightning.category_names import CategoryNamesMixin, validate_category_names
-from anomalib_classaware.models.components.lightning.export_hook import NetworkInt8ExportMixin
-from anomalib_classaware.models.components.lightning.mixins import FeatureReconstructionMixin, OfflineCheckpointMixin
+from anomalib_classaware.models.components.lightning.category_names import validate_category_names
+from anomalib_classaware.models.components.lightning.model_base import MultiClassModelMixin
 from anomalib_classaware.models.components.lightning.pre_processing import DEFAULT_INPUT_SIZE
 from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
 
@@ -50,14 +48,7 @@ from .loss import RlrLoss
 from .torch_model import RlrModel
 
 
-class Rlr(
-    NetworkInt8ExportMixin,
-    FeatureReconstructionMixin,
-    OfflineCheckpointMixin,
-    CategoryPrototypesMixin,
-    CategoryNamesMixin,
-    AnomalibModule,
-):
+class Rlr(CategoryPrototypesMixin, MultiClassModelMixin, AnomalibModule):
     """RLR Lightning module (unified multi-class recipe).
 
     Args:
@@ -125,25 +116,13 @@ class Rlr(
         visualizer: Visualizer | bool = True,
         category_names: Sequence[str] | None = None,
     ) -> None:
-        if pre_processor is True:
-            pre_processor = self.configure_pre_processor(image_size=(int(input_size[0]), int(input_size[1])))
-        super().__init__(
-            pre_processor=pre_processor,
-            post_processor=post_processor,
-            evaluator=evaluator,
-            visualizer=visualizer,
-        )
-        model_input_size = self.input_size or input_size
+        super().__init__(self.resolve_pre_processor(pre_processor, input_size), post_processor, evaluator, visualizer)
         self.lr = lr
         self.weight_decay = weight_decay
         self.category_names = validate_category_names(category_names)
 
         self.model: RlrModel = RlrModel(
-            backbone=backbone,
-            layers=tuple(int(layer) for layer in layers),
-            input_size=(int(model_input_size[0]), int(model_input_size[1])),
-            pre_trained=pre_trained,
-            weights_path=weights_path,
+            **self.backbone_arguments(backbone, layers, pre_trained, weights_path, input_size),
             hidden_dims=None if hidden_dims is None else tuple(int(dim) for dim in hidden_dims),
             num_layers=num_layers,
             num_heads=num_heads,
@@ -177,23 +156,6 @@ class Rlr(
         del args, kwargs  # These variables are not used.
         losses = self.loss.level_losses(self.model(batch.image))
         loss = torch.stack(losses).sum()
-        batch_size = batch.image.shape[0]
-        self.log(
-            "train_loss",
-            loss.detach(),
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=True,
-        )
-        for level, level_loss in enumerate(losses):
-            self.log(
-                f"train_loss_level{level}", level_loss.detach(), on_step=True, on_epoch=False, batch_size=batch_size
-            )
+        terms = {f"train_loss_level{level}": level_loss for level, level_loss in enumerate(losses)}
+        self.log_training_loss(loss, batch.image.shape[0], terms)
         return {"loss": loss}
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """No gradient clipping, no sanity validation; the training length is left to the user."""
-        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
