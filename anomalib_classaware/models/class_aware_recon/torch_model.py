@@ -32,6 +32,7 @@ from anomalib_classaware.models.components import (
 )
 from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
 from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
+from anomalib_classaware.models.components.networks.frozen_encoders import EvalModeEncoders
 from anomalib_classaware.models.components.training.contrastive_losses import ViewEncoding
 
 
@@ -42,7 +43,7 @@ class ClassAwareReconOutput(NamedTuple):
     reconstructions: list[Tensor]
 
 
-class ClassAwareReconModel(nn.Module):
+class ClassAwareReconModel(EvalModeEncoders):
     """Frozen teacher, projection layers, RD bottleneck and decoder.
 
     Args:
@@ -60,6 +61,8 @@ class ClassAwareReconModel(nn.Module):
         blur_sigma: sigma of the anomaly-map Gaussian blur.
 
     """
+
+    eval_encoders = ("teacher",)
 
     def __init__(
         self,
@@ -94,16 +97,10 @@ class ClassAwareReconModel(nn.Module):
         )
         self.train()
 
-    def train(self, mode: bool = True) -> ClassAwareReconModel:
-        """Set training mode; the frozen teacher always stays in eval mode."""
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
     @torch.no_grad()
     def teacher_features(self, images: Tensor) -> list[Tensor]:
         """Frozen-teacher features (no graph)."""
-        self.teacher.eval()  # Lightning may restore submodule modes without calling ``train()``
+        self.encoders_eval()
         return list(self.teacher(images))
 
     def frozen_features(self, images: Tensor) -> list[Tensor]:

@@ -1,7 +1,7 @@
 """Parts shared by our models, by layer (each imports only the ones above it in this list).
 
-- :mod:`.networks`: network blocks that run at inference (backbones, bottleneck, decoders, attention,
-  anomaly maps, category prototypes);
+- :mod:`.networks`: network blocks that run at inference (backbones, frozen encoders, bottleneck, decoders, the RD
+  student, attention, anomaly maps, category prototypes);
 - :mod:`.training`: training-only parts (reconstruction and contrastive losses, feature noise, augmented
   views, pseudo-labels, DDP gathers);
 - :mod:`.lightning`: Lightning glue (mixins, the models' shared base and ``__init__`` helpers, category names, class
@@ -28,8 +28,9 @@ from .networks.batchnorm import frozen_batchnorm_statistics
 from .networks.blocks import BlockConfig, ResidualBlock, make_activation, make_stage, reverse_distillation_blocks
 from .networks.bottleneck import MultiScaleFusionBottleneck
 from .networks.decoder import FeatureDecoder
+from .networks.frozen_encoders import EvalModeEncoders
 from .networks.positional import fourier_features, grid_coordinates, sincos_positions
-from .networks.student import build_reverse_distillation_student
+from .networks.student import build_reverse_distillation_student, frozen_teacher_and_student
 from .networks.transformer import LayerwiseQueryDecoderLayer, NeighbourMaskedEncoderLayer, check_attention_mask
 from .training.feature_noise import feature_jitter, position_noise
 from .training.reconstruction_losses import (
@@ -46,6 +47,7 @@ __all__ = [
     "AnomalyMapGenerator",
     "BlockConfig",
     "CategoryNamesMixin",
+    "EvalModeEncoders",
     "FeatureDecoder",
     "FeatureInfo",
     "LayerwiseQueryDecoderLayer",
@@ -63,6 +65,7 @@ __all__ = [
     "feature_jitter",
     "fourier_features",
     "frozen_batchnorm_statistics",
+    "frozen_teacher_and_student",
     "get_feature_info",
     "global_cosine_hard_mining_loss",
     "grid_coordinates",

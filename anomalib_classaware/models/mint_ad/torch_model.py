@@ -56,6 +56,7 @@ from anomalib_classaware.models.components import (
     sincos_positions,
 )
 from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
+from anomalib_classaware.models.components.networks.frozen_encoders import EvalModeEncoders
 from anomalib_classaware.models.components.networks.transformer import (
     LayerwiseQueryDecoderLayer,
     NeighbourMaskedEncoderLayer,
@@ -179,7 +180,7 @@ class QueryINR(nn.Module):
         return queries.permute(2, 0, 1, 3)
 
 
-class MintAdModel(nn.Module):
+class MintAdModel(EvalModeEncoders):
     """MINT-AD: UniAD-style reconstruction transformer with class-aware INR queries.
 
     Args:
@@ -211,6 +212,8 @@ class MintAdModel(nn.Module):
         topk_ratio: fraction of pixels averaged by ``"topk_mean"``.
 
     """
+
+    eval_encoders = ("backbone",)
 
     def __init__(
         self,
@@ -349,18 +352,12 @@ class MintAdModel(nn.Module):
                 self.embeddings.mean[row] = old_embeddings.mean[index]
                 self.embeddings.log_var[row] = old_embeddings.log_var[index]
 
-    def train(self, mode: bool = True) -> MintAdModel:
-        """Set training mode; the frozen backbone always stays in eval mode."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
-
     def extract(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` images -> ``(B, C, h, w)`` concatenated (and standardised) features on the token grid.
 
         In training mode the standardiser adds the batch to its statistics.
         """
-        self.backbone.eval()  # Lightning may restore ``.training`` flags directly; enforce on every pass
+        self.encoders_eval()
         levels = self.backbone(images)
         return self.standardizer(torch.cat([resize_to_grid(level, self.grid_size) for level in levels], dim=1))
 

@@ -23,18 +23,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.models.components import (
     AnomalyMapGenerator,
-    build_reverse_distillation_student,
-    create_feature_extractor,
     frozen_batchnorm_statistics,
-    get_feature_info,
+    frozen_teacher_and_student,
 )
 from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
+from anomalib_classaware.models.components.networks.frozen_encoders import EvalModeEncoders
 from anomalib_classaware.models.components.training.contrastive_losses import ViewEncoding
 
 
@@ -68,7 +67,7 @@ class ReContrastOutput(NamedTuple):
         return [*self.frozen_reconstructions, *self.trainable_reconstructions]
 
 
-class ReContrastModel(nn.Module):
+class ReContrastModel(EvalModeEncoders):
     """ReContrast: trainable + frozen encoder, shared bottleneck and two-head decoder.
 
     Args:
@@ -85,6 +84,9 @@ class ReContrastModel(nn.Module):
 
     """
 
+    #: Both encoders keep their pretrained BatchNorm statistics (the trainable one learns its weights only).
+    eval_encoders = ("frozen_encoder", "encoder")
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -99,14 +101,12 @@ class ReContrastModel(nn.Module):
         decoder_activation: str = "gelu",
     ) -> None:
         super().__init__()
-        self.frozen_encoder = create_feature_extractor(backbone, layers, pre_trained, weights_path)
-        self.encoder = copy.deepcopy(self.frozen_encoder)
-        self.frozen_encoder.requires_grad_(False)
-
-        channels, reductions = get_feature_info(self.frozen_encoder)
-        self.bottleneck, self.decoder = build_reverse_distillation_student(
-            channels, reductions, decoder_activation=decoder_activation, num_heads_sets=2
+        frozen_encoder, bottleneck, decoder = frozen_teacher_and_student(
+            backbone, layers, pre_trained, weights_path, decoder_activation=decoder_activation, num_heads_sets=2
         )
+        self.frozen_encoder = frozen_encoder
+        self.encoder = copy.deepcopy(frozen_encoder).requires_grad_(True)
+        self.bottleneck, self.decoder = bottleneck, decoder
         self.category_prototypes = CategoryPrototypes()
         self.anomaly_map_generator = AnomalyMapGenerator(
             image_size=input_size,
@@ -118,21 +118,9 @@ class ReContrastModel(nn.Module):
         )
         self.train()
 
-    def train(self, mode: bool = True) -> ReContrastModel:
-        """Set training mode; both encoders always stay in eval mode (frozen BatchNorm statistics)."""
-        super().train(mode)
-        self._encoders_eval()
-        return self
-
-    def _encoders_eval(self) -> None:
-        # Lightning >= 2.2 does not call ``.train()`` when fitting starts and restores submodule modes
-        # by setting ``.training`` directly, so the mode is also enforced on every forward pass.
-        self.frozen_encoder.eval()
-        self.encoder.eval()
-
     def cross_reconstruct(self, images: Tensor) -> ReContrastOutput:
         """Encode with both encoders, decode their batch concatenation, and pair the reconstructions."""
-        self._encoders_eval()
+        self.encoders_eval()
         trainable_features = list(self.encoder(images))
         frozen_features = list(self.frozen_encoder(images))  # parameters frozen: no graph is built
         batch_size = images.shape[0]
@@ -160,7 +148,7 @@ class ReContrastModel(nn.Module):
         bottleneck's BatchNorm layers normalise the view with its batch statistics without updating the
         running statistics used at inference (augmented images are never seen there).
         """
-        self._encoders_eval()
+        self.encoders_eval()
         trainable_features = list(self.encoder(images))
         with torch.no_grad():
             frozen_features = list(self.frozen_encoder(images))

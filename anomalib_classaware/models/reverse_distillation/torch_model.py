@@ -16,18 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from anomalib.data import InferenceBatch
-from torch import Tensor, nn
+from torch import Tensor
 
-from anomalib_classaware.models.components import (
-    AnomalyMapGenerator,
-    build_reverse_distillation_student,
-    create_feature_extractor,
-    get_feature_info,
-)
+from anomalib_classaware.models.components import AnomalyMapGenerator, frozen_teacher_and_student
 from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
+from anomalib_classaware.models.components.networks.frozen_encoders import EvalModeEncoders
 
 
-class ReverseDistillationModel(nn.Module):
+class ReverseDistillationModel(EvalModeEncoders):
     """Frozen encoder -> fusion bottleneck -> mirrored decoder; maps from ``1 - cos`` per level.
 
     Args:
@@ -42,6 +38,8 @@ class ReverseDistillationModel(nn.Module):
 
     """
 
+    eval_encoders = ("encoder",)
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -54,9 +52,9 @@ class ReverseDistillationModel(nn.Module):
         topk_ratio: float = 0.01,
     ) -> None:
         super().__init__()
-        self.encoder = create_feature_extractor(backbone, layers, pre_trained, weights_path).requires_grad_(False)
-        channels, reductions = get_feature_info(self.encoder)
-        self.bottleneck, self.decoder = build_reverse_distillation_student(channels, reductions)
+        self.encoder, self.bottleneck, self.decoder = frozen_teacher_and_student(
+            backbone, layers, pre_trained, weights_path
+        )
         self.anomaly_map_generator = AnomalyMapGenerator(
             image_size=input_size,
             reduction=map_reduction,
@@ -65,15 +63,9 @@ class ReverseDistillationModel(nn.Module):
         )
         self.train()
 
-    def train(self, mode: bool = True) -> ReverseDistillationModel:
-        """Set training mode; the frozen encoder always stays in eval mode."""
-        super().train(mode)
-        self.encoder.eval()
-        return self
-
     def forward(self, images: Tensor) -> tuple[list[Tensor], list[Tensor]] | InferenceBatch:
         """Training: ``(encoder_features, decoder_features)``; eval: ``InferenceBatch(pred_score, anomaly_map)``."""
-        self.encoder.eval()  # Lightning may restore submodule modes without calling ``train()``
+        self.encoders_eval()
         encoder_features = list(self.encoder(images))
         decoder_features = self.decoder(
             self.bottleneck(encoder_features),

@@ -50,6 +50,7 @@ from anomalib_classaware.models.components import (
 from anomalib_classaware.models.components.networks.anomaly_map import ScoreReduction
 from anomalib_classaware.models.components.networks.attention import MaskedAttention
 from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
+from anomalib_classaware.models.components.networks.frozen_encoders import EvalModeEncoders
 
 
 class RlrOutput(NamedTuple):
@@ -196,7 +197,7 @@ class RlrTransformer(nn.Module):
         return self.projection(self.norm(hidden))
 
 
-class RlrModel(nn.Module):
+class RlrModel(EvalModeEncoders):
     """RLR: frozen backbone, 3x3 average pooling, one reference-reconstruction transformer per level.
 
     Args:
@@ -223,6 +224,8 @@ class RlrModel(nn.Module):
             (33 for sigma 4, the support of the official ``scipy.ndimage.gaussian_filter``).
 
     """
+
+    eval_encoders = ("feature_extractor",)
 
     def __init__(
         self,
@@ -293,16 +296,9 @@ class RlrModel(nn.Module):
             topk_ratio=topk_ratio,
         )
 
-    def train(self, mode: bool = True) -> RlrModel:
-        """Set training mode; the frozen backbone always stays in eval mode."""
-        super().train(mode)
-        self.feature_extractor.eval()
-        return self
-
     def extract_features(self, images: Tensor) -> list[Tensor]:
         """Frozen, pooled backbone features ``(B, C, h, w)`` per level (no graph)."""
-        # Lightning restores submodule modes by setting ``.training`` directly: enforce eval here too.
-        self.feature_extractor.eval()
+        self.encoders_eval()
         with torch.no_grad():
             features = [self.pool(feature) for feature in self.feature_extractor(images)]
         for level, (feature, grid) in enumerate(zip(features, self.grid_sizes, strict=True)):

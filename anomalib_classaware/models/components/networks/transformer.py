@@ -18,6 +18,8 @@ feed-forward network only.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor, nn
 
 from .attention import MaskedAttention
@@ -53,17 +55,22 @@ class _FeedForward(nn.Module):
         return self.net(tokens)
 
 
-class NeighbourMaskedEncoderLayer(nn.Module):
-    """Post-norm transformer encoder layer with a fixed attention mask (UniAD's neighbour-masked encoder).
+class _PostNormLayer(nn.Module):
+    """Post-norm transformer layer: the attention sub-layers named in :attr:`attentions`, then the FFN.
+
+    Sub-layer ``i`` (1-based, the FFN last) has ``dropout{i}`` on its residual branch and ``norm{i}`` after it.
 
     Args:
         dim: token width.
         num_heads: attention heads (``dim`` must be divisible by it).
         feedforward_dim: hidden width of the feed-forward network.
-        dropout: dropout of attention weights and residual branches.
+        dropout: dropout of the residual branches and in the feed-forward network.
         activation: ``"relu"`` (UniAD) or ``"gelu"``.
 
     """
+
+    #: Names of the attention sub-layers, in order.
+    attentions: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -74,12 +81,23 @@ class NeighbourMaskedEncoderLayer(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        self.attention = MaskedAttention(dim, num_heads)
+        for name in self.attentions:
+            self.add_module(name, MaskedAttention(dim, num_heads))
         self.feedforward = _FeedForward(dim, feedforward_dim, dropout, activation)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        sublayers = range(1, len(self.attentions) + 2)
+        for index in sublayers:
+            self.add_module(f"norm{index}", nn.LayerNorm(dim))
+        for index in sublayers:
+            self.add_module(f"dropout{index}", nn.Dropout(dropout))
+
+
+class NeighbourMaskedEncoderLayer(_PostNormLayer):
+    """Post-norm transformer encoder layer with a fixed attention mask (UniAD's neighbour-masked encoder).
+
+    Arguments as :class:`_PostNormLayer`'s (``dim``, ``num_heads``, ``feedforward_dim``, ``dropout``, ``activation``).
+    """
+
+    attentions = ("attention",)
 
     def forward(self, tokens: Tensor, position: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         """``(B, N, dim)`` tokens -> ``(B, N, dim)``; ``position`` ``(N, dim)`` or ``(B, N, dim)``."""
@@ -89,36 +107,13 @@ class NeighbourMaskedEncoderLayer(nn.Module):
         return self.norm2(tokens + self.dropout2(self.feedforward(tokens)))
 
 
-class LayerwiseQueryDecoderLayer(nn.Module):
+class LayerwiseQueryDecoderLayer(_PostNormLayer):
     """UniAD's layer-wise query decoder layer: query -> encoder output, -> previous layer output, FFN.
 
-    Args:
-        dim: token width.
-        num_heads: attention heads.
-        feedforward_dim: hidden width of the feed-forward network.
-        dropout: dropout of attention weights and residual branches.
-        activation: ``"relu"`` (UniAD) or ``"gelu"``.
-
+    Arguments as :class:`_PostNormLayer`'s (``dim``, ``num_heads``, ``feedforward_dim``, ``dropout``, ``activation``).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        feedforward_dim: int,
-        dropout: float = 0.1,
-        activation: str = "relu",
-    ) -> None:
-        super().__init__()
-        self.memory_attention = MaskedAttention(dim, num_heads)
-        self.previous_attention = MaskedAttention(dim, num_heads)
-        self.feedforward = _FeedForward(dim, feedforward_dim, dropout, activation)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+    attentions = ("memory_attention", "previous_attention")
 
     def forward(
         self,
