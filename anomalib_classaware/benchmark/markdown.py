@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 
 def percent_cell(value: float, spread: float = math.nan) -> str:
@@ -24,3 +25,18 @@ def markdown_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> lis
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return out
+
+
+def failures_section(title: str, what: str, failed: Mapping[str, str]) -> list[str]:
+    """A ``## title`` section with a ``what | Error`` table (``|`` in errors escaped); empty when nothing failed."""
+    if not failed:
+        return []
+    rows = [[name, error.replace("|", "\\|")] for name, error in failed.items()]
+    return ["", f"## {title}", "", *markdown_table([what, "Error"], rows)]
+
+
+def write_lines(path: str | Path, lines: Sequence[str]) -> Path:
+    """Write ``lines`` (and a final newline) to ``path``; return the path."""
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .markdown import markdown_table, percent_cell, plain_cell
+from .markdown import failures_section, markdown_table, percent_cell, plain_cell, write_lines
 from .results import (
     METRIC_TITLES,
     METRICS,
@@ -92,11 +92,5 @@ def write_markdown(
             lines += ["", f"## Per category: {METRIC_TITLES[metric]}", ""]
             lines += category_table(summaries, metric, categories)
     failed = {str(row["run_id"]): str(row.get("error", "")) for row in rows if row.get("status") != "ok"}
-    if failed:
-        lines += ["", "## Failed runs", ""]
-        lines += markdown_table(
-            ["Run", "Error"], [[run_id, error.replace("|", "\\|")] for run_id, error in failed.items()]
-        )
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    lines += failures_section("Failed runs", "Run", failed)
+    return write_lines(path, lines)

@@ -19,7 +19,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -232,49 +232,62 @@ def _timing_row(
     }
 
 
-def time_torch(
-    model: nn.Module,
-    images: torch.Tensor,
-    batch_sizes: Sequence[int],
-    thread_counts: Sequence[int],
-    warmup: int,
-    repeats: int,
-) -> list[dict[str, Any]]:
+class TimingPlan(NamedTuple):
+    """What a speed measurement times: each batch size (cut from ``images``) at each thread count."""
+
+    images: torch.Tensor
+    batch_sizes: Sequence[int]
+    thread_counts: Sequence[int]
+    warmup: int
+    repeats: int
+
+
+#: ``session(threads)`` prepares a runtime for ``threads`` threads and returns ``call(batch)``, which readies a
+#: batch and returns the zero-argument call that is timed.
+Session = Callable[[int], Callable[[torch.Tensor], Callable[[], object]]]
+
+
+def sweep_timings(variant: str, plan: TimingPlan, session: Session) -> list[dict[str, Any]]:
+    """Timing rows of ``variant`` per thread count (one ``session`` each) and batch size."""
+    rows = []
+    for threads in plan.thread_counts:
+        resolved = resolve_threads(threads)
+        call = session(resolved)
+        for batch_size in plan.batch_sizes:
+            seconds = median_times(call(image_batch(plan.images, batch_size)), plan.warmup, plan.repeats)
+            rows.append(_timing_row(variant, batch_size, resolved, seconds, plan.repeats))
+    return rows
+
+
+def time_torch(model: nn.Module, plan: TimingPlan) -> list[dict[str, Any]]:
     """Timing rows of the eager forward pass (``inference_mode``) per thread count and batch size."""
     model.eval()
-    rows = []
+
+    def session(threads: int) -> Callable[[torch.Tensor], Callable[[], object]]:
+        torch.set_num_threads(threads)
+        return lambda batch: lambda: model(batch)
+
     previous = torch.get_num_threads()
     try:
-        for threads in thread_counts:
-            torch.set_num_threads(resolve_threads(threads))
-            for batch_size in batch_sizes:
-                batch = image_batch(images, batch_size)
-                with torch.inference_mode():
-                    seconds = median_times(lambda batch=batch: model(batch), warmup, repeats)
-                rows.append(_timing_row("torch", batch_size, resolve_threads(threads), seconds, repeats))
+        with torch.inference_mode():
+            return sweep_timings("torch", plan, session)
     finally:
         torch.set_num_threads(previous)
-    return rows
 
 
-def time_openvino(
-    xml: str | Path,
-    variant: str,
-    images: torch.Tensor,
-    batch_sizes: Sequence[int],
-    thread_counts: Sequence[int],
-    warmup: int,
-    repeats: int,
-) -> list[dict[str, Any]]:
+def time_openvino(xml: str | Path, variant: str, plan: TimingPlan) -> list[dict[str, Any]]:
     """Timing rows of a synchronous OpenVINO infer request per thread count and batch size."""
-    rows = []
-    for threads in thread_counts:
-        request = compile_openvino(xml, resolve_threads(threads)).create_infer_request()
-        for batch_size in batch_sizes:
-            batch = image_batch(images, batch_size).numpy()
-            seconds = median_times(lambda batch=batch, request=request: request.infer({0: batch}), warmup, repeats)
-            rows.append(_timing_row(variant, batch_size, resolve_threads(threads), seconds, repeats))
-    return rows
+
+    def session(threads: int) -> Callable[[torch.Tensor], Callable[[], object]]:
+        request = compile_openvino(xml, threads).create_infer_request()
+
+        def call(batch: torch.Tensor) -> Callable[[], object]:
+            data = batch.numpy()
+            return lambda: request.infer({0: data})
+
+        return call
+
+    return sweep_timings(variant, plan, session)
 
 
 def layer_profile(xml: str | Path, images: torch.Tensor, threads: int = 1, runs: int = 5) -> list[dict[str, Any]]:
@@ -456,16 +469,17 @@ def measure_deployment(
             output = model(batch)
         return {"pred_score": output.pred_score.numpy(), "pred_label": output.pred_label.numpy()}
 
+    plan = TimingPlan(images, batch_sizes, thread_counts, warmup, repeats)
     timings: list[dict[str, Any]] = []
     scored: dict[str, dict[str, np.ndarray]] = {}
     profiles: dict[str, list[dict[str, Any]]] = {}
     for variant in variants:
         if variant == "torch":
-            timings += time_torch(model, images, batch_sizes, thread_counts, warmup, repeats)
+            timings += time_torch(model, plan)
             scored[variant] = score_test_set(torch_predict, test_batches)
             continue
         xml = exports[variant]
-        timings += time_openvino(xml, variant, images, batch_sizes, thread_counts, warmup, repeats)
+        timings += time_openvino(xml, variant, plan)
         request = compile_openvino(xml, 1).create_infer_request()
 
         def openvino_predict(batch: torch.Tensor, request: Any = request) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .markdown import markdown_table, percent_cell
+from .markdown import failures_section, markdown_table, percent_cell, write_lines
 from .results import nanmean, number
 
 SPEED_CSV = "speed.csv"
@@ -280,11 +280,5 @@ def write_speed_markdown(
     if layers:
         lines += ["", "## Where the time goes (OpenVINO per-layer counters, batch 1, 1 thread)", "", *layers]
     failed = {str(row.get("model")): str(row["error"]) for row in rows if row.get("error")}
-    if failed:
-        lines += ["", "## Failed measurements", ""]
-        lines += markdown_table(
-            ["Model", "Error"], [[model, error.replace("|", "\\|")] for model, error in failed.items()]
-        )
-    path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    lines += failures_section("Failed measurements", "Model", failed)
+    return write_lines(path, lines)

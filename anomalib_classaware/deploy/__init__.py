@@ -10,6 +10,8 @@ anomalib's inferencers that also return the predicted category (:class:`TorchInf
 Importing this package imports neither torch nor NNCF; OpenVINO loads when a detector is built.
 """
 
+import importlib
+
 from .categories import read_category_names
 from .inspection import (
     IMAGE_EXTENSIONS,
@@ -30,34 +32,16 @@ from .inspection import (
 )
 
 _INFERENCER_NAMES = frozenset({"OpenVINOInferencer", "TorchInferencer"})
-_EXPORT_NAMES = frozenset(
-    {
-        "VARIANTS",
-        "VARIANT_PRECISIONS",
-        "export_openvino_variants",
-        "has_attention",
-        "head_node_names",
-        "ignored_head_scope",
-        "image_auroc_metric",
-        "labelled_score_fn",
-        "nncf_model_type",
-        "quantize_network",
-        "quantize_network_with_accuracy_control",
-        "quantize_openvino",
-    }
-)
 
 
 def __getattr__(name: str) -> object:
-    """Export helpers load on first use: they import torch, the inspection helpers do not."""
-    if name in _EXPORT_NAMES:
-        from . import export
+    """The public names not imported above load on first use: they import torch, the inspection helpers do not.
 
-        return getattr(export, name)
-    if name in _INFERENCER_NAMES:
-        from . import inferencers
-
-        return getattr(inferencers, name)
+    They are the inferencers and the export helpers (``export`` and the modules it re-exports).
+    """
+    if name in __all__:
+        module = importlib.import_module(".inferencers" if name in _INFERENCER_NAMES else ".export", __name__)
+        return getattr(module, name)
     msg = f"module {__name__!r} has no attribute {name!r}"
     raise AttributeError(msg)
 
