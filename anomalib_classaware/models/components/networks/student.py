@@ -1,7 +1,8 @@
 """Reverse Distillation's trainable student (fusion bottleneck + mirrored decoder), sized for any backbone.
 
 :func:`frozen_teacher_and_student` builds the whole RD network: the frozen timm teacher and the student
-sized from its ``feature_info`` (ReverseDistillationModel, ClassAwareReconModel, ReContrastModel).
+sized from its ``feature_info`` (ReverseDistillationModel, ReContrastModel; ClassAwareReconModel
+builds its projection layers between the two, so it calls the pieces itself).
 """
 
 from __future__ import annotations
