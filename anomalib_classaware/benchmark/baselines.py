@@ -89,5 +89,5 @@ class ComponentReverseDistillation(FeatureReconstructionMixin, BackboneModelMixi
         """Distil the encoder's features of the batch into the decoder; return the RD loss."""
         del args, kwargs  # These variables are not used.
         loss = pixel_cosine_loss(*self.model(batch.image))
-        self.log("train_loss", loss.detach(), on_epoch=True, prog_bar=True, logger=True, batch_size=len(batch.image))
+        self.log_training_loss(loss, len(batch.image))
         return {"loss": loss}
