@@ -44,6 +44,7 @@ from anomalib_classaware.models.components.lightning.class_labels import ClassLa
 from anomalib_classaware.models.components.lightning.mixins import PlannedStepsMixin, step_decay_schedule
 from anomalib_classaware.models.components.lightning.model_base import MultiClassModelMixin
 from anomalib_classaware.models.components.lightning.pre_processing import DEFAULT_INPUT_SIZE
+from anomalib_classaware.models.components.lightning.residual_calibration import ResidualCalibrationMixin
 from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
 from anomalib_classaware.models.components.training.contrastive_losses import LocalNegatives
 from anomalib_classaware.models.components.training.pseudo_labels import NumClusters
@@ -56,7 +57,12 @@ logger = logging.getLogger(__name__)
 
 
 class ClassAwareRecon(
-    PlannedStepsMixin, ClassLabelsMixin, CategoryPrototypesMixin, MultiClassModelMixin, AnomalibModule
+    PlannedStepsMixin,
+    ClassLabelsMixin,
+    CategoryPrototypesMixin,
+    ResidualCalibrationMixin,
+    MultiClassModelMixin,
+    AnomalibModule,
 ):
     """Class-aware contrastive reconstruction (Reverse Distillation + projection + contrastive terms).
 
@@ -89,6 +95,9 @@ class ClassAwareRecon(
         score_reduction: ``"max"`` or ``"topk_mean"``. Defaults to ``"max"``.
         topk_ratio: fraction of pixels averaged by ``"topk_mean"``. Defaults to ``0.01``.
         blur_sigma: sigma of the anomaly-map Gaussian blur. Defaults to ``4.0``.
+        residual_calibration: after training, calibrate each level map by the per-position mean and spread of
+            the training images of the image's predicted category (ours, not the paper's:
+            :mod:`~anomalib_classaware.models.components.networks.residual_calibration`). Defaults to ``True``.
         pre_processor: pre-processor instance or flag to use the default (resize + ImageNet norm).
         post_processor: post-processor instance or flag to use the default.
         evaluator: evaluator instance or flag to use the default.
@@ -125,6 +134,7 @@ class ClassAwareRecon(
         score_reduction: ScoreReduction = "max",
         topk_ratio: float = 0.01,
         blur_sigma: float = 4.0,
+        residual_calibration: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -151,6 +161,7 @@ class ClassAwareRecon(
             score_reduction=score_reduction,
             topk_ratio=topk_ratio,
             blur_sigma=blur_sigma,
+            residual_calibration=residual_calibration,
         )
         self.loss = ClassAwareReconLoss(temperature, global_weight, local_weight, local_negatives)
 

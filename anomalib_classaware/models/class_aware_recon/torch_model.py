@@ -33,6 +33,7 @@ from anomalib_classaware.models.components import (
 from anomalib_classaware.models.components.networks.anomaly_map import MapReduction, ScoreReduction
 from anomalib_classaware.models.components.networks.category_prototypes import CategoryPrototypes
 from anomalib_classaware.models.components.networks.frozen_encoders import EvalModeEncoders
+from anomalib_classaware.models.components.networks.residual_calibration import ResidualCalibration
 from anomalib_classaware.models.components.training.contrastive_losses import ViewEncoding
 
 
@@ -59,6 +60,8 @@ class ClassAwareReconModel(EvalModeEncoders):
         score_reduction: ``"max"`` or ``"topk_mean"``.
         topk_ratio: fraction of pixels averaged by ``"topk_mean"``.
         blur_sigma: sigma of the anomaly-map Gaussian blur.
+        residual_calibration: calibrate each level map per predicted category and position
+            (:class:`ResidualCalibration`; identity until fitted on the training images).
 
     """
 
@@ -78,6 +81,7 @@ class ClassAwareReconModel(EvalModeEncoders):
         score_reduction: ScoreReduction = "max",
         topk_ratio: float = 0.01,
         blur_sigma: float = 4.0,
+        residual_calibration: bool = True,
     ) -> None:
         super().__init__()
         self.teacher = create_feature_extractor(backbone, layers, pre_trained, weights_path).requires_grad_(False)
@@ -95,6 +99,7 @@ class ClassAwareReconModel(EvalModeEncoders):
             score_reduction=score_reduction,
             topk_ratio=topk_ratio,
         )
+        self.residual_calibration = ResidualCalibration() if residual_calibration else None
         self.train()
 
     @torch.no_grad()
@@ -137,21 +142,30 @@ class ClassAwareReconModel(EvalModeEncoders):
                 uses the embedding; the returned embedding is then the noised path's.
 
         """
+        if not self.training:
+            level_maps, pred_category = self.inference_level_maps(images)
+            if self.residual_calibration is not None:
+                level_maps = self.residual_calibration(level_maps, pred_category)
+            anomaly_map, pred_score = self.anomaly_map_generator.from_level_maps(level_maps)
+            return ClassAwareInferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map, pred_category=pred_category)
         teacher_features = self.teacher_features(images)
         projected = self.project(teacher_features)
         student_input = projected
-        noised = self.training and float(torch.rand(())) < self.noise_probability  # one draw per batch
+        noised = float(torch.rand(())) < self.noise_probability  # one draw per batch
         if noised:
             student_input = [position_noise(level, self.noise_std, self.noise_fraction, 1.0) for level in projected]
         bottleneck = self.bottleneck(student_input)
-        reconstructions = self.decoder(
-            bottleneck,
-            output_sizes=[tuple(feature.shape[-2:]) for feature in teacher_features],
-        )[0]
-        if self.training:
-            embedding = self.embed(projected) if noised and clean_embedding else bottleneck.mean(dim=(2, 3))
-            view = ViewEncoding(teacher_features, projected, embedding)
-            return ClassAwareReconOutput(view, reconstructions)
-        anomaly_map, pred_score = self.anomaly_map_generator(teacher_features, reconstructions)
-        pred_category = self.category_prototypes.predict(teacher_features)
-        return ClassAwareInferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map, pred_category=pred_category)
+        reconstructions = self.reconstruct(bottleneck, teacher_features)
+        embedding = self.embed(projected) if noised and clean_embedding else bottleneck.mean(dim=(2, 3))
+        return ClassAwareReconOutput(ViewEncoding(teacher_features, projected, embedding), reconstructions)
+
+    def reconstruct(self, bottleneck: Tensor, teacher_features: Sequence[Tensor]) -> list[Tensor]:
+        """The decoder's reconstructions of the teacher features, one per level."""
+        return self.decoder(bottleneck, output_sizes=[tuple(feature.shape[-2:]) for feature in teacher_features])[0]
+
+    def inference_level_maps(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Eval: the uncalibrated ``(B, 1, h, w)`` map of each level and the predicted category ``(B,)``."""
+        teacher_features = self.teacher_features(images)
+        reconstructions = self.reconstruct(self.bottleneck(self.project(teacher_features)), teacher_features)
+        level_maps = self.anomaly_map_generator.level_maps(teacher_features, reconstructions)
+        return level_maps, self.category_prototypes.predict(teacher_features)

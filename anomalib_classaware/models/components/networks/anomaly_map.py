@@ -81,23 +81,37 @@ class AnomalyMapGenerator(nn.Module):
             distance = distance + self.mse_weight * (target - reconstruction).pow(2).mean(dim=1, keepdim=True)
         return distance
 
-    def compute_anomaly_map(self, targets: Sequence[Tensor], reconstructions: Sequence[Tensor]) -> Tensor:
-        """Blurred anomaly map ``(B, 1, H, W)`` from equally long lists of feature maps."""
+    def level_maps(self, targets: Sequence[Tensor], reconstructions: Sequence[Tensor]) -> list[Tensor]:
+        """Distance map of each pair at its feature resolution, ``(B, 1, h, w)`` each."""
         if len(targets) != len(reconstructions) or not targets:
             msg = f"Expected equally long non-empty lists, got {len(targets)} targets, {len(reconstructions)} maps."
             raise ValueError(msg)
+        return [
+            self.pair_map(target, reconstruction)
+            for target, reconstruction in zip(targets, reconstructions, strict=True)
+        ]
+
+    def combine(self, level_maps: Sequence[Tensor]) -> Tensor:
+        """Blurred anomaly map ``(B, 1, H, W)``: level maps up-sampled to the input size, summed or averaged."""
         anomaly_map: Tensor | None = None
-        for target, reconstruction in zip(targets, reconstructions, strict=True):
-            distance = F.interpolate(
-                self.pair_map(target, reconstruction),
-                size=self.image_size,
-                mode="bilinear",
-                align_corners=True,
-            )
+        for level_map in level_maps:
+            distance = F.interpolate(level_map, size=self.image_size, mode="bilinear", align_corners=True)
             anomaly_map = distance if anomaly_map is None else anomaly_map + distance
+        if anomaly_map is None:
+            msg = "Expected at least one level map."
+            raise ValueError(msg)
         if self.reduction == "mean":
-            anomaly_map = anomaly_map / len(targets)
+            anomaly_map = anomaly_map / len(level_maps)
         return self.blur(anomaly_map)
+
+    def compute_anomaly_map(self, targets: Sequence[Tensor], reconstructions: Sequence[Tensor]) -> Tensor:
+        """Blurred anomaly map ``(B, 1, H, W)`` from equally long lists of feature maps."""
+        return self.combine(self.level_maps(targets, reconstructions))
+
+    def from_level_maps(self, level_maps: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Return ``(anomaly_map (B, 1, H, W), pred_score (B,))`` from (possibly calibrated) level maps."""
+        anomaly_map = self.combine(level_maps)
+        return anomaly_map, self.compute_score(anomaly_map)
 
     def compute_score(self, anomaly_map: Tensor) -> Tensor:
         """Image scores ``(B,)``: maximum or mean of the top-k pixels of each map."""
