@@ -44,6 +44,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "time_budget_s",
     "stopped_by_time_budget",
     "memory_bank_time_s",
+    "calibration_time_s",
     "train_images",
     "train_images_per_s",
     "fit_time_s",
