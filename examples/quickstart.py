@@ -1,6 +1,6 @@
 """Quickstart: one ClassAwareRecon model for every demo category, from training to an OpenVINO IR.
 
-Run ``python examples/quickstart.py`` (about 3.5 minutes on a 2-core CPU after the install;
+Run ``python examples/quickstart.py`` (about 2 minutes on an idle 2-core CPU after the install;
 no download). The whole pipeline of the package on the embedded demo data:
 
 1. generate the demo dataset on first use (scikit-image photographs, synthetic defects, 8 categories);

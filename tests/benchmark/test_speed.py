@@ -233,14 +233,6 @@ def test_speed_profile_covers_every_model_of_the_package_and_the_anchors() -> No
     assert len(labels) == len(set(labels))
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fitted_tiny_rd(root: Path):
     """A tiny RD (resnet18, 32 px) fitted one step on two demo categories, validated (post-processor fitted)."""
     from anomalib.engine import Engine
@@ -278,7 +270,7 @@ def _fitted_tiny_rd(root: Path):
     return model, datamodule
 
 
-def test_measure_deployment_times_and_scores_eager_and_openvino(tmp_path: Path, one_thread: None) -> None:
+def test_measure_deployment_times_and_scores_eager_and_openvino(tmp_path: Path) -> None:
     """OpenVINO FP32 scores the test set like eager; both are timed per batch size; OpenVINO is profiled."""
     model, datamodule = _fitted_tiny_rd(tmp_path)
     result = speed.measure_deployment(
@@ -320,7 +312,7 @@ def test_measure_deployment_times_and_scores_eager_and_openvino(tmp_path: Path, 
 
 
 @pytest.mark.slow
-def test_measure_deployment_quantizes_the_network_only(tmp_path: Path, one_thread: None) -> None:
+def test_measure_deployment_quantizes_the_network_only(tmp_path: Path) -> None:
     """INT8 runs INT8 kernels; the whole-graph variant (anomalib's INT8_PTQ) is measured beside it."""
     model, datamodule = _fitted_tiny_rd(tmp_path)
     variants = ("torch", "openvino_fp32", "openvino_int8_ptq", "openvino_int8_ptq_full")

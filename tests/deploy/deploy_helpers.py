@@ -37,6 +37,7 @@ import anomalib_classaware.models as package_models
 from anomalib_classaware.data import MultiClassDemo
 from anomalib_classaware.data.demo_builder import build_demo_dataset
 from tests.tiny_models import TINY_INIT_ARGS as TINY_MODEL_ARGS
+from tests.tiny_models import tiny_demo_datamodule
 
 MODEL_NAMES: list[str] = list(package_models.__all__)
 """Every model of the package, discovered at collection time."""
@@ -139,18 +140,7 @@ class Deployment:
 
 def demo_datamodule(root: Path, size: int) -> MultiClassDemo:
     """Two demo categories at ``size`` px (the images have the model's input size)."""
-    return MultiClassDemo(
-        root=root / f"demo{size}",
-        categories=CATEGORIES,
-        image_size=size,
-        num_train=4,
-        num_test_good=2,
-        num_test_defective=2,
-        train_batch_size=4,
-        eval_batch_size=8,
-        num_workers=0,
-        seed=0,
-    )
+    return tiny_demo_datamodule(root / f"demo{size}", CATEGORIES, size=size, num_train=4, eval_batch_size=8, seed=0)
 
 
 def fresh_images(root: Path, size: int, good: int = 2, defective: int = 2) -> list[Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,9 @@ from anomalib_classaware.data import MultiClassDemo
 from anomalib_classaware.data.dataclasses import ClassAwareInferenceBatch
 from anomalib_classaware.models import ClassAwareRecon, ReContrast
 from anomalib_classaware.models.class_aware_recon import ClassAwareReconOutput
+from tests.tiny_models import tiny_demo_datamodule
 
 CATEGORIES = ["brick", "coins"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core machine two OpenMP threads run up to ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_model(size: int = 32, **kwargs) -> ClassAwareRecon:
@@ -37,17 +28,7 @@ def small_model(size: int = 32, **kwargs) -> ClassAwareRecon:
 
 
 def demo_datamodule(root: Path, size: int = 32, num_train: int = 6) -> MultiClassDemo:
-    return MultiClassDemo(
-        root=root,
-        categories=CATEGORIES,
-        image_size=size,
-        num_train=num_train,
-        num_test_good=2,
-        num_test_defective=2,
-        train_batch_size=4,
-        eval_batch_size=4,
-        num_workers=0,
-    )
+    return tiny_demo_datamodule(root, CATEGORIES, size=size, num_train=num_train)
 
 
 def test_output_contract_and_frozen_teacher() -> None:

@@ -49,6 +49,7 @@ NON_DEFAULT_ARGS: dict[type[AnomalibModule], dict[str, Any]] = {
         "score_reduction": "topk_mean",
         "topk_ratio": 0.05,
         "blur_sigma": 2.0,
+        "residual_calibration": False,
         "category_names": ["a", "b"],
     },
     ReContrast: {

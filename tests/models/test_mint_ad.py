@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,15 +35,6 @@ SMALL = {
     "embedding_dim": 8,
     "inr_hidden_dim": 32,
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Run this module on one thread: on a busy 2-core machine two OpenMP threads run up to ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_model(size: int = 64, **kwargs) -> MintAd:

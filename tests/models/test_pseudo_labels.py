@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torchmetrics.functional.clustering import adjusted_rand_score
@@ -16,15 +14,6 @@ from anomalib_classaware.models.components.training.pseudo_labels import (
     pooled_descriptor,
     silhouette_score,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core machine two OpenMP threads run up to ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def blobs(centres: int, per_centre: int, dim: int = 8, spread: float = 0.05, seed: int = 0):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -37,15 +36,6 @@ def textures(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
             torch.stack([base, 0.9 * base, 0.8 * base]) + 0.02 * torch.randn(3, size, size, generator=generator)
         )
     return torch.stack(images).clamp(0, 1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Run this module on one thread: on a busy 2-core machine two OpenMP threads run up to ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,9 @@ from anomalib.engine import Engine
 from anomalib_classaware.data import MultiClassDemo
 from anomalib_classaware.models import ClassAwareRecon
 from anomalib_classaware.models.components.networks.residual_calibration import ResidualCalibration, ResidualMoments
+from tests.tiny_models import tiny_demo_datamodule
 
 CATEGORIES = ["brick", "coins"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_level_maps(count: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -102,17 +94,7 @@ def small_model(**kwargs: object) -> ClassAwareRecon:
 
 
 def demo_datamodule(root: Path) -> MultiClassDemo:
-    return MultiClassDemo(
-        root=root,
-        categories=CATEGORIES,
-        image_size=32,
-        num_train=6,
-        num_test_good=2,
-        num_test_defective=2,
-        train_batch_size=4,
-        eval_batch_size=4,
-        num_workers=0,
-    )
+    return tiny_demo_datamodule(root, CATEGORIES)
 
 
 def reference_statistics(model: ClassAwareRecon, datamodule: MultiClassDemo) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,15 +24,6 @@ from anomalib_classaware.models.rlr.torch_model import RlrTransformer, default_w
 
 MEAN, STD = 0.45, 0.225
 SMALL = {"hidden_dims": (32, 64), "num_layers": 2, "num_heads": 4}  # fast transformers for tests
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Run this module on one thread: on a busy 2-core machine two OpenMP threads run up to ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def textures(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
