@@ -7,12 +7,14 @@ the raw level maps and predicted categories, refits the calibration for every sh
 combination with the harness's own metric set (:class:`~anomalib_classaware.metrics.category_metrics.
 CategoryMetrics`, raw scores), so the row of the trained defaults reproduces the benchmark's numbers.
 
-Use it on VALIDATION data only (the demo with ``generation_seed: 1``): the checkpoints come from
-``configs/calibration_knobs_validation.yaml`` (``keep_checkpoints: true``)::
+The datamodule and input size are the benchmark's own (its ``config.yaml`` in the output folder, built by
+the harness's :func:`~anomalib_classaware.benchmark.runner.build_datamodule`). Use it on VALIDATION data only
+(the demo with ``generation_seed: 1``): the checkpoints come from ``configs/calibration_knobs_validation.yaml``
+(``keep_checkpoints: true``)::
 
     anomalib-classaware-bench --profile default \\
         --config examples/benchmark/configs/calibration_knobs_validation.yaml --output bench_knobs_validation/
-    python examples/benchmark/calibration_knobs_sweep.py bench_knobs_validation/ --generation-seed 1
+    python examples/benchmark/calibration_knobs_sweep.py bench_knobs_validation/
 
 Prints a Markdown table (mean over categories, then mean ± std over checkpoints) sorted by image AUROC.
 """
@@ -27,9 +29,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import yaml
 from torch import Tensor
 
-from anomalib_classaware.data import MultiClassDemo
+from anomalib_classaware._stats import nanmean
+from anomalib_classaware.benchmark.cli import config_from_dict
+from anomalib_classaware.benchmark.runner import build_datamodule
 from anomalib_classaware.metrics.category_metrics import CategoryMetrics
 from anomalib_classaware.models import ClassAwareRecon
 from anomalib_classaware.models.components import AnomalyMapGenerator
@@ -125,14 +130,12 @@ def evaluate(
         )
         per_category[name] = metrics.compute()
     names = next(iter(per_category.values())).keys()
-    return {metric: statistics.fmean(values[metric] for values in per_category.values()) for metric in names}
+    return {metric: nanmean(values[metric] for values in per_category.values()) for metric in names}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bench_output", type=Path, help="benchmark output folder with kept checkpoints (runs/)")
-    parser.add_argument("--generation-seed", type=int, required=True, help="the demo data the models were run on")
-    parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--shrinkage", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0])
     parser.add_argument("--blur-sigma", type=float, nargs="+", default=[2.0, 4.0, 6.0])
     parser.add_argument("--scores", nargs="+", default=["max", "topk:0.01", "topk:0.002"])
@@ -145,16 +148,8 @@ def main() -> None:
     if not checkpoints:
         msg = f"No checkpoint under {args.bench_output}/runs: run the benchmark with `keep_checkpoints: true`."
         raise SystemExit(msg)
-    datamodule = MultiClassDemo(
-        image_size=args.image_size,
-        num_train=60,
-        num_test_good=20,
-        num_test_defective=20,
-        train_batch_size=8,
-        eval_batch_size=16,
-        generation_seed=args.generation_seed,
-        num_workers=0,
-    )
+    config = config_from_dict(yaml.safe_load((args.bench_output / "config.yaml").read_text()))
+    datamodule = build_datamodule(config.data.class_path, config.data.init_args, None)
     datamodule.setup()
     grid = [
         Knobs(shrinkage, tuple(float(part) for part in weights.split(",")), sigma, score, positive)
@@ -169,19 +164,20 @@ def main() -> None:
         train = cache_split(model, datamodule.train_dataloader(), with_targets=False)
         test = cache_split(model, datamodule.test_dataloader(), with_targets=True)
         num_categories = model.model.category_prototypes.num_categories
-        calibrations = {s: fitted_calibration(train, num_categories, s) for s in args.shrinkage}
+        calibrated: dict[float | None, list[Tensor]] = {None: test.level_maps}
+        for shrinkage in args.shrinkage:
+            calibration = fitted_calibration(train, num_categories, shrinkage)
+            calibrated[shrinkage] = calibration(test.level_maps, test.pred_category)
         image_rows = {}
         for knobs in grid:
-            maps = test.level_maps
-            if knobs.shrinkage is not None:
-                maps = calibrations[knobs.shrinkage](maps, test.pred_category)
-            image_rows[knobs] = (maps, evaluate(test, maps, knobs, args.image_size, pixel_metrics=False))
+            maps = calibrated[knobs.shrinkage]
+            image_rows[knobs] = (maps, evaluate(test, maps, knobs, config.input_size, pixel_metrics=False))
         default = Knobs(0.5, (1.0, 1.0, 1.0), 4.0, "max")
         best = sorted(grid, key=lambda knobs: -image_rows[knobs][1]["image_AUROC"])[: args.pixel_top]
         for knobs in grid:
             maps, row = image_rows[knobs]
             if knobs in best or knobs == default:
-                row = evaluate(test, maps, knobs, args.image_size, pixel_metrics=True)
+                row = evaluate(test, maps, knobs, config.input_size, pixel_metrics=True)
             results[knobs].append(row)
         print(f"{checkpoint}: default {results[default][-1]}", flush=True)
 
@@ -192,7 +188,7 @@ def main() -> None:
         spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
         return f"{statistics.fmean(values):.1f}{spread}"
 
-    print(f"\n{len(checkpoints)} checkpoints, demo generation_seed {args.generation_seed}\n")
+    print(f"\n{len(checkpoints)} checkpoints, data {config.data.class_path} {config.data.init_args}\n")
     print("| Setting | Image AUROC | Image F1-max | Pixel AUROC | AUPRO |")
     print("|---|---|---|---|---|")
     ranked = sorted(grid, key=lambda knobs: -statistics.fmean(row["image_AUROC"] for row in results[knobs]))
