@@ -27,6 +27,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 import yaml
@@ -133,6 +134,23 @@ def evaluate(
     return {metric: nanmean(values[metric] for values in per_category.values()) for metric in names}
 
 
+def load_bench_output(bench_output: Path) -> tuple[list[Path], Any, Any]:
+    """The kept checkpoints, the benchmark config and its set-up datamodule of a benchmark output folder.
+
+    Raises:
+        SystemExit: if the folder has no checkpoint (the benchmark ran without ``keep_checkpoints``).
+
+    """
+    checkpoints = sorted(bench_output.glob("runs/*/**/*.ckpt"))
+    if not checkpoints:
+        msg = f"No checkpoint under {bench_output}/runs: run the benchmark with `keep_checkpoints: true`."
+        raise SystemExit(msg)
+    config = config_from_dict(yaml.safe_load((bench_output / "config.yaml").read_text()))
+    datamodule = build_datamodule(config.data.class_path, config.data.init_args, None)
+    datamodule.setup()
+    return checkpoints, config, datamodule
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bench_output", type=Path, help="benchmark output folder with kept checkpoints (runs/)")
@@ -144,13 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    checkpoints = sorted(args.bench_output.glob("runs/*/**/*.ckpt"))
-    if not checkpoints:
-        msg = f"No checkpoint under {args.bench_output}/runs: run the benchmark with `keep_checkpoints: true`."
-        raise SystemExit(msg)
-    config = config_from_dict(yaml.safe_load((args.bench_output / "config.yaml").read_text()))
-    datamodule = build_datamodule(config.data.class_path, config.data.init_args, None)
-    datamodule.setup()
+    checkpoints, config, datamodule = load_bench_output(args.bench_output)
     grid = [
         Knobs(shrinkage, tuple(float(part) for part in weights.split(",")), sigma, score, positive)
         for shrinkage, weights, sigma, score, positive in itertools.product(

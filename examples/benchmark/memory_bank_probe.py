@@ -35,15 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibration_knobs_sweep import CachedSplit, Knobs, evaluate, fitted_calibration
+from calibration_knobs_sweep import CachedSplit, Knobs, evaluate, fitted_calibration, load_bench_output
 
-from anomalib_classaware.benchmark.cli import config_from_dict
-from anomalib_classaware.benchmark.runner import build_datamodule
 from anomalib_classaware.models import ClassAwareRecon
 
 #: The trained model's inference: calibration shrinkage 0.5, all levels, blur sigma 4, max pixel score.
@@ -196,13 +193,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    checkpoints = sorted(args.bench_output.glob("runs/*/**/*.ckpt"))
-    if not checkpoints:
-        msg = f"No checkpoint under {args.bench_output}/runs: run the benchmark with `keep_checkpoints: true`."
-        raise SystemExit(msg)
-    config = config_from_dict(yaml.safe_load((args.bench_output / "config.yaml").read_text()))
-    datamodule = build_datamodule(config.data.class_path, config.data.init_args, None)
-    datamodule.setup()
+    checkpoints, config, datamodule = load_bench_output(args.bench_output)
     results: dict[str, list[dict[str, float]]] = {}
     for checkpoint in checkpoints:
         model = ClassAwareRecon.load_from_checkpoint(checkpoint, map_location="cpu")

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "benchmark" / "memory_bank_probe.py"
+from tests.examples.example_scripts import load_benchmark_script
+
 SIZE = 64  # the probe blurs with the default sigma 4: its kernel needs maps wider than 33 pixels
 
 
 @pytest.fixture(scope="module")
 def probe() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memory_bank_probe", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("memory_bank_probe")
 
 
 def _memory() -> tuple[torch.Tensor, torch.Tensor]:
