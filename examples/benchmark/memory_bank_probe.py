@@ -64,11 +64,11 @@ def cache_probe_split(model: ClassAwareRecon, loader: torch.utils.data.DataLoade
     categories, labels, masks, names = [], [], [], []
     for batch in loader:
         images = transform(batch.image)
+        level_maps, pred_category = network.inference_level_maps(images)  # the model's own inference
+        levels.append(level_maps)
+        categories.append(pred_category)
         teacher = network.teacher_features(images)
-        reconstructions = network.reconstruct(network.bottleneck(network.project(teacher)), teacher)
-        levels.append(network.anomaly_map_generator.level_maps(teacher, reconstructions))
         features.append([F.avg_pool2d(level, kernel_size=3, stride=1, padding=1) for level in teacher])
-        categories.append(network.category_prototypes.predict(teacher))
         if with_targets:
             labels.append(batch.gt_label)
             masks.append(batch.gt_mask)
@@ -152,16 +152,20 @@ def probe_rows(
             test, residual, DEFAULT_KNOBS, image_size, True
         )
     }
+    knn_test = nearest_patch_distances(memory, train.pred_category, queries, test.pred_category, True)
     for per_category in (True, False):
         scope = "per category" if per_category else "unified"
         for fraction in keep_fractions:
-            knn = nearest_patch_distances(
-                memory, train.pred_category, queries, test.pred_category, per_category, fraction
+            knn = (
+                knn_test
+                if per_category and fraction == 1.0
+                else nearest_patch_distances(
+                    memory, train.pred_category, queries, test.pred_category, per_category, fraction
+                )
             )
             rows[f"kNN, {scope} memory, {100 * fraction:g} % of patches"] = evaluate(
                 test, [knn], one_level, image_size, True
             )
-    knn_test = nearest_patch_distances(memory, train.pred_category, queries, test.pred_category, True)
     knn_train = nearest_patch_distances(
         memory, train.pred_category, memory, train.pred_category, True, leave_own_image_out=True
     )
